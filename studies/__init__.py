@@ -1,0 +1,1 @@
+"""Studies composed from the fly64 engine."""
