@@ -42,9 +42,7 @@ def build_groups(positions_xy: np.ndarray, neighbor_count: int, group_size: int,
     if group_size < 1:
         raise InputError(f"group_size = {group_size} is invalid; expected at least 1")
     if neighbor_count < group_size:
-        raise InputError(
-            f"neighbor_count (K = {neighbor_count}) must be ≥ group_size (C = {group_size})"
-        )
+        raise InputError(f"neighbor_count (K = {neighbor_count}) must be ≥ group_size (C = {group_size})")
     if group_size == 1:
         return np.arange(n_positions, dtype=np.int64)[:, None]
     if n_positions < neighbor_count:
@@ -70,7 +68,10 @@ def build_groups(positions_xy: np.ndarray, neighbor_count: int, group_size: int,
 
     logger.debug(
         "Built %d groups of %d from K = %d neighbours (seed %d)",
-        n_positions, group_size, neighbor_count, seed,
+        n_positions,
+        group_size,
+        neighbor_count,
+        seed,
     )
     return groups
 

@@ -21,9 +21,7 @@ from fly64.physics.grouping import _checked_groups, _checked_positions, group_ce
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROBE_POWER_FRACTION = 0.9
-PROBE_DIAMETER_METHOD = (
-    f"2 x radius about the power centroid holding {DEFAULT_PROBE_POWER_FRACTION:.0%} of sum(|P|^2)"
-)
+PROBE_DIAMETER_METHOD = f"2 x radius about the power centroid holding {DEFAULT_PROBE_POWER_FRACTION:.0%} of sum(|P|^2)"
 
 
 def disc_overlap_fraction(distance_px: np.ndarray | float, diameter_px: float) -> np.ndarray | float:
