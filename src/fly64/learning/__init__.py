@@ -1,0 +1,7 @@
+"""Framework-neutral pieces of model training, shared by every backend (NumPy only).
+
+- `spec`: the network's layers and presets (`ModelSpec`);
+- `data`: normalisation, grouping into per-group training arrays, validation split;
+- `evaluation`: patch-level correlations and the check for collapsed output;
+- `synthetic`: small simulated datasets for tests and throughput benchmarks.
+"""
