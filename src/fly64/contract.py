@@ -42,6 +42,9 @@ KEY_METADATA = "_metadata"
 
 REQUIRED_KEYS = (KEY_DIFFRACTION, KEY_OBJECT, KEY_PROBE, KEY_X, KEY_Y)
 
+# Value checks run over this many patterns at a time, so validation memory stays bounded.
+VALIDATION_CHUNK_PATTERNS = 256
+
 
 @dataclasses.dataclass
 class Dataset:
@@ -188,10 +191,15 @@ def validate_dataset(dataset: Dataset, source: str) -> None:
         fail(KEY_DIFFRACTION, "holds no patterns; expected at least one")
     if not np.issubdtype(diffraction.dtype, np.floating):
         fail(KEY_DIFFRACTION, f"has dtype {diffraction.dtype}; expected float32 amplitudes")
-    if not np.all(np.isfinite(diffraction)):
-        fail(KEY_DIFFRACTION, "contains NaN or infinite values; expected finite amplitudes")
-    if np.any(diffraction < 0):
-        fail(KEY_DIFFRACTION, "contains negative values; amplitudes must be >= 0")
+    # min() is NaN when any value is NaN, so one chunked pass checks both conditions
+    # without building full-size boolean arrays.
+    for start in range(0, diffraction.shape[0], VALIDATION_CHUNK_PATTERNS):
+        chunk_minimum = diffraction[start : start + VALIDATION_CHUNK_PATTERNS].min()
+        chunk_maximum = diffraction[start : start + VALIDATION_CHUNK_PATTERNS].max()
+        if not (np.isfinite(chunk_minimum) and np.isfinite(chunk_maximum)):
+            fail(KEY_DIFFRACTION, "contains NaN or infinite values; expected finite amplitudes")
+        if chunk_minimum < 0:
+            fail(KEY_DIFFRACTION, "contains negative values; amplitudes must be >= 0")
 
     n_patterns, patch_size = diffraction.shape[0], diffraction.shape[1]
 
@@ -224,8 +232,9 @@ def validate_dataset(dataset: Dataset, source: str) -> None:
             fail(KEY_PATCHES, "is real; expected complex64 object patches")
         if patches.shape != diffraction.shape:
             fail(KEY_PATCHES, f"has shape {patches.shape}; expected {diffraction.shape} to match {KEY_DIFFRACTION}")
-        if not np.all(np.isfinite(patches)):
-            fail(KEY_PATCHES, "contains NaN or infinite values")
+        for start in range(0, patches.shape[0], VALIDATION_CHUNK_PATTERNS):
+            if not np.isfinite(patches[start : start + VALIDATION_CHUNK_PATTERNS].sum()):
+                fail(KEY_PATCHES, "contains NaN or infinite values")
 
     if dataset.scan_index is not None:
         scan_index = np.asarray(dataset.scan_index)

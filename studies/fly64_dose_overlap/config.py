@@ -47,7 +47,7 @@ class StudyTable(_Table):
 class SimulationTable(_Table):
     """How Phase C simulates the scan."""
 
-    object_size_px: int = Field(768, ge=16, description="side M of the square object, in pixels")
+    object_size_px: int = Field(1024, ge=16, description="side M of the square object, in pixels")
     scan_pattern: Literal["raster", "spiral"] = Field("raster", description="scan trajectory")
     scan_step_px: float = Field(16.0, gt=0, description="raster step or spiral spacing, in pixels")
     jitter_px: float = Field(1.0, ge=0, description="uniform random jitter added to raster positions, in pixels")

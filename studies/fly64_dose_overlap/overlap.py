@@ -179,6 +179,11 @@ def _write_view(
         "subsampling_fraction": fraction,
         "subsampling_seed": subsampling_seed,
     }
+    # Readers of a view (the classical reconstruction) need the dose scale factor of the
+    # simulation, so it is carried over from the Phase C parameters.
+    phase_c_parameters = dataset.metadata.get("parameters", {})
+    if "scale_factor" in phase_c_parameters:
+        parameters["scale_factor"] = phase_c_parameters["scale_factor"]
     metadata = provenance(step=PHASE_D_STEP, parameters=parameters, inputs=[phase_c_path])
     metadata["input_metadata"] = dataset.metadata
     view_dataset = dataset.subset(selected_indices, metadata=metadata)

@@ -147,6 +147,9 @@ def apply_shift(image: np.ndarray, shift_yx: tuple[float, float]) -> np.ndarray:
         raise InputError(f"shift is {shift_yx!r}; expected two finite numbers (dy, dx) in pixels")
 
     array = array.astype(np.complex128 if np.iscomplexobj(array) else np.float64, copy=False)
+    if not np.any(shift):
+        # An FFT round trip would add rounding noise to an image that needs no shift.
+        return array.copy()
     # Padding to exactly twice the size makes the mirrored image one period of the FFT.
     pad_rows, pad_columns = array.shape[0] // 2, array.shape[1] // 2
     padding = ((pad_rows, array.shape[0] - pad_rows), (pad_columns, array.shape[1] - pad_columns))
