@@ -18,7 +18,7 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml constraints.txt
-	$(PIP) install $(INSTALL_FLAGS) -e '.[test,classical,tensorflow]'
+	$(PIP) install $(INSTALL_FLAGS) -e '.[test,classical,tensorflow,cluster]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

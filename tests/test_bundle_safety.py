@@ -2,6 +2,7 @@
 
 import io
 import os
+import pickle
 import zipfile
 
 import dill
@@ -110,6 +111,15 @@ def test_plain_rejects_dill_function(tmp_path):
 def test_plain_rejects_oversized():
     with pytest.raises(BundleError, match="bytes"):
         loads_plain(b"\x80\x04" + b"N" * 2000, "big.dill", max_bytes=1000)
+
+
+def test_plain_rejects_shared_reference_bomb():
+    # 25 levels of a list that contains the level below twice: a tiny pickle, 2**25 elements.
+    value = []
+    for _ in range(25):
+        value = [value, value]
+    with pytest.raises(BundleError, match="elements"):
+        loads_plain(pickle.dumps(value), "bomb.dill")
 
 
 def test_plain_rejects_garbage():

@@ -143,9 +143,9 @@ def test_generation_real_probe(tmp_path, fly64_probe_path):
     )
     summary = generate_phase_c(config, tmp_path, probe_path=fly64_probe_path)
     dataset = load_dataset(tmp_path / "dose_10000" / "patched_train.npz")
-    assert summary["probe"]["source"] == str(fly64_probe_path)
+    assert summary["probe"]["source"] == fly64_probe_path.name
     assert dataset.metadata["parameters"]["probe"]["sha256"] == summary["probe"]["sha256"]
-    assert dataset.metadata["inputs"][0]["path"] == str(fly64_probe_path)
+    assert dataset.metadata["inputs"][0]["name"] == fly64_probe_path.name
     assert np.sum(np.abs(dataset.probe) ** 2) == pytest.approx(1.0, rel=1e-5)
 
 

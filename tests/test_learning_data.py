@@ -10,7 +10,11 @@ from fly64.learning.data import (
     normalisation_factor,
     split_validation,
 )
-from fly64.learning.evaluation import assert_not_constant, footprint_mask, patch_correlations
+from fly64.learning.evaluation import (
+    assert_not_constant,
+    footprint_mask,
+    patch_correlations,
+)
 from fly64.learning.spec import ModelSpec
 from fly64.learning.synthetic import make_synthetic_dataset
 

@@ -167,7 +167,7 @@ def test_phase_d_provenance(phase_d_run):
     assert metadata["step"] == "phase_d"
     assert metadata["parameters"]["view"] == "dense"
     assert metadata["parameters"]["subsampling_seed"] == 456
-    assert metadata["inputs"][0]["path"] == str(phase_c_root / "dose_1000" / "patched_train.npz")
+    assert metadata["inputs"][0]["name"] == "patched_train.npz"
     assert metadata["input_metadata"]["step"] == "phase_c"
 
 

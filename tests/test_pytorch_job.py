@@ -166,6 +166,7 @@ def test_same_seed_same_weights(trained, data_paths, tmp_path):
     for member in ("autoencoder/model.pth", "diffraction_to_obj/model.pth"):
         with zipfile.ZipFile(first_path) as first, zipfile.ZipFile(second_path) as second:
             assert first.read(member) == second.read(member), member
+    assert first_path.read_bytes() == second_path.read_bytes()
 
 
 def test_job_rejects_other_backend(data_paths, tmp_path):

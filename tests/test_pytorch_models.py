@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from fly64.backends.pytorch.models import BaselineAutoencoder, DiffractionToObject, ObjectNetwork, PinnAutoencoder
+from fly64.backends.pytorch.models import (
+    BaselineAutoencoder,
+    DiffractionToObject,
+    ObjectNetwork,
+    PinnAutoencoder,
+)
 from fly64.backends.pytorch.physics import (
     far_field_intensity,
     overlap_constraint,

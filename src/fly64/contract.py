@@ -92,11 +92,15 @@ class Dataset:
 
 
 def provenance(step: str, parameters: dict[str, Any], inputs: list[str | os.PathLike] = ()) -> dict:
-    """Build the provenance record: producing step, parameters, input files with SHA-256, version."""
+    """Build the provenance record: producing step, parameters, input files with SHA-256, version.
+
+    Inputs are recorded by file name and SHA-256, not by absolute path, so the same
+    inputs give byte-identical files in any study root.
+    """
     return {
         "step": step,
         "parameters": parameters,
-        "inputs": [{"path": str(path), "sha256": sha256_file(path)} for path in inputs],
+        "inputs": [{"name": Path(path).name, "sha256": sha256_file(path)} for path in inputs],
         "fly64_version": __version__,
         "numpy_version": np.__version__,
     }

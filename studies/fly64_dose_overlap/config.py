@@ -40,7 +40,7 @@ class StudyTable(_Table):
     overlap_views: dict[str, float] = {"dense": 0.7, "sparse": 0.2}
     train_test_split_axis: Literal["y", "x"] = "y"
     train_fraction: float = 0.8
-    rng_seeds: dict[str, int] = {"simulation": 42, "grouping": 123, "subsampling": 456, "training": 42}
+    rng_seeds: dict[str, int] = {"simulation": 42, "grouping": 123, "subsampling": 456}
     metrics_config: dict[str, Any] = {"ms_ssim_sigma": 1.0, "emphasise_phase": True, "report_amplitude": True}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 DEFAULT_DOSES_PHOTONS = (1e3, 1e4, 1e5)
 DEFAULT_OVERLAP_VIEWS = {"dense": 0.7, "sparse": 0.2}
-DEFAULT_RNG_SEEDS = {"simulation": 42, "grouping": 123, "subsampling": 456, "training": 42}
+DEFAULT_RNG_SEEDS = {"simulation": 42, "grouping": 123, "subsampling": 456}
 DEFAULT_METRICS_CONFIG = {
     "ms_ssim_sigma": 1.0,
     "emphasise_phase": True,
@@ -63,8 +63,12 @@ class StudyDesign:
 
     @property
     def training_seed(self) -> int:
-        """Seed of model initialisation and batch order; `rng_seeds['training']`, else the simulation seed."""
-        return int(self.rng_seeds.get("training", self.rng_seeds["simulation"]))
+        """Seed of a training job: grouping, validation split, initialisation and batch order.
+
+        `rng_seeds['training']` when the config sets it, else the grouping seed, so that
+        training groups equal the groups behind Phase D's group metrics.
+        """
+        return int(self.rng_seeds.get("training", self.rng_seeds["grouping"]))
 
     @property
     def max_group_size(self) -> int:

@@ -122,7 +122,7 @@ def generate_phase_c(config: StudyConfig, phase_c_root: Path, probe_path: Path |
     return {
         "step": STEP,
         "phase_c_root": str(phase_c_root),
-        "probe": probe_source,
+        "probe": {key: value for key, value in probe_source.items() if key != "path"},
         "n_positions": int(scan.positions_xy.shape[0]),
         "doses": doses,
     }
@@ -132,7 +132,7 @@ def _probe(probe_path: Path | None, patch_size: int) -> tuple[np.ndarray, dict[s
     if probe_path is None:
         return default_probe(patch_size), {"source": EMBEDDED_PROBE}
     probe = load_probe(probe_path, patch_size)
-    return probe, {"source": str(probe_path), "sha256": sha256_file(probe_path)}
+    return probe, {"source": Path(probe_path).name, "sha256": sha256_file(probe_path), "path": str(probe_path)}
 
 
 def _scan(config: StudyConfig) -> ScanSplit:
@@ -215,9 +215,9 @@ def _write_dose(
         "photons_standard_error": simulation.photons_standard_error,
         "measured_matches_nominal_dose": matches_dose,
         "dose_tolerance_standard_errors": DOSE_TOLERANCE_STANDARD_ERRORS,
-        "probe": probe_source,
+        "probe": {key: value for key, value in probe_source.items() if key != "path"},
     }
-    inputs = [] if probe_source["source"] == EMBEDDED_PROBE else [probe_source["source"]]
+    inputs = [] if probe_source["source"] == EMBEDDED_PROBE else [probe_source["path"]]
 
     summary: dict[str, Any] = {
         "dose_photons": dose_photons,

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_failure(result_path, backend, str(error), error)
         return 1
     except Exception as error:
-        logger.exception("Job failed: %s", error)
+        logger.exception("Job failed")
         _write_failure(result_path, backend, str(error) or type(error).__name__, error)
         return 1
     logger.info("Job completed; result written to %s", result_path)

@@ -31,7 +31,12 @@ from typing import Any
 import numpy as np
 
 from fly64.atomic import atomic_open, sha256_file, zip_member_info
-from fly64.bundle.safe_pickle import MAX_PLAIN_PICKLE_BYTES, dumps_plain, loads_plain, plain_copy
+from fly64.bundle.safe_pickle import (
+    MAX_PLAIN_PICKLE_BYTES,
+    dumps_plain,
+    loads_plain,
+    plain_copy,
+)
 from fly64.errors import BundleError
 
 logger = logging.getLogger(__name__)
@@ -180,10 +185,9 @@ def write_bundle(
 
     if Path(path).exists():
         logger.warning("Overwriting bundle %s", path)
-    with atomic_open(path, "wb") as handle:
-        with zipfile.ZipFile(handle, "w") as archive:
-            for name in sorted(contents):
-                archive.writestr(zip_member_info(name), contents[name])
+    with atomic_open(path, "wb") as handle, zipfile.ZipFile(handle, "w") as archive:
+        for name in sorted(contents):
+            archive.writestr(zip_member_info(name), contents[name])
     logger.info("Wrote bundle %s (%d members)", path, len(contents))
 
 

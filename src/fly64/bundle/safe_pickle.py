@@ -20,19 +20,31 @@ MAX_PLAIN_PICKLE_BYTES = 1024 * 1024
 # Protocol 4 (Python 3.4+) is readable by every Python that fly64 supports.
 PICKLE_PROTOCOL = 4
 MAX_NESTING_DEPTH = 32
+# Plain metadata has hundreds of elements (a long loss history a few thousand).
+MAX_PLAIN_ELEMENTS = 100_000
 
 PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
-def plain_copy(value: Any, where: str = "value", depth: int = 0) -> Any:
+def plain_copy(value: Any, where: str = "value") -> Any:
     """Return `value` as plain data, with NumPy scalars converted to Python scalars.
 
     Raises:
         TypeError: naming the path (for example `value['losses'][2]`) of the first element
-            that is not plain data, or when nesting exceeds 32 levels.
+            that is not plain data, or when nesting exceeds 32 levels or the value has more
+            than 100,000 elements.
     """
-    if depth > MAX_NESTING_DEPTH:
-        raise TypeError(f"{where} is nested more than {MAX_NESTING_DEPTH} levels deep")
+    return _plain_copy(value, (where,), [MAX_PLAIN_ELEMENTS])
+
+
+def _plain_copy(value: Any, path: tuple[str, ...], budget: list[int]) -> Any:
+    # A pickle can reference one list from many places, so a small file can describe a
+    # huge tree; the element budget stops the walk over such a tree early.
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise TypeError(f"{_path_text(path)}: value has more than {MAX_PLAIN_ELEMENTS} elements")
+    if len(path) > MAX_NESTING_DEPTH + 1:
+        raise TypeError(f"{_path_text(path)} is nested more than {MAX_NESTING_DEPTH} levels deep")
     if isinstance(value, np.generic) and not isinstance(value, (np.void, np.object_)):
         value = value.item()
     if type(value) in PLAIN_SCALARS:
@@ -46,13 +58,20 @@ def plain_copy(value: Any, where: str = "value", depth: int = 0) -> Any:
         copy: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise TypeError(f"{where} has key {key!r} of type {type(key).__name__}; expected str keys")
-            copy[key] = plain_copy(item, f"{where}[{key!r}]", depth + 1)
+                raise TypeError(f"{_path_text(path)} has key {key!r} of type {type(key).__name__}; expected str keys")
+            copy[key] = _plain_copy(item, path + (f"[{key!r}]",), budget)
         return copy
     if isinstance(value, (list, tuple)):
-        items = [plain_copy(item, f"{where}[{index}]", depth + 1) for index, item in enumerate(value)]
+        items = [_plain_copy(item, path + (f"[{index}]",), budget) for index, item in enumerate(value)]
         return items if isinstance(value, list) else tuple(items)
-    raise TypeError(f"{where} has type {type(value).__name__}; expected plain data (dict, list, tuple, str, int, float, bool, None)")
+    raise TypeError(
+        f"{_path_text(path)} has type {type(value).__name__}; expected plain data "
+        "(dict, list, tuple, str, int, float, bool, None)"
+    )
+
+
+def _path_text(path: tuple[str, ...]) -> str:
+    return "".join(path)
 
 
 def dumps_plain(value: Any) -> bytes:

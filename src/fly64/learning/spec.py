@@ -55,7 +55,9 @@ Presets:
   for like-for-like throughput comparisons.
 - `compact`: the same layout with a quarter of the filters (16, 32, 64 and 32, 16; about
   0.14 million parameters). Convolution cost scales with filters², so compact trains
-  many times faster on a CPU, which is where the study's default runs happen.
+  many times faster on a CPU, which is where the study's default runs happen: with
+  PyTorch at N = 64, batch 16, one thread of a shared 2-core AMD EPYC, 64 to 116 groups/s
+  against 7 to 9 for `reference` (`python -m fly64.backends.pytorch.benchmark`).
 """
 
 import dataclasses

@@ -33,7 +33,7 @@ JOB_KINDS = {"baseline-gs1": ("baseline", 1), "pinn-gs1": ("pinn", 1), "pinn-gs2
 
 def measure(kind: str, gridsize: int, preset: str, threads: int, channels_last: bool, args: argparse.Namespace) -> dict:
     """Train one configuration and return its figures."""
-    side = max(4, int(round(args.groups**0.5)))
+    side = max(4, round(args.groups**0.5))
     dataset = make_synthetic_dataset(patch_size=args.patch_size, scan_side=side, step_px=args.patch_size // 4, seed=0)
     arrays = build_training_arrays(dataset, gridsize, neighbor_count=7, seed=0, max_groups=args.groups)
     train, validation = split_validation(arrays, 0.0, seed=0)

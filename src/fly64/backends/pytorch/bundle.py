@@ -24,10 +24,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from fly64.backends.base import INFERENCE_MODEL, TRAINING_MODEL, VERIFICATION_MEMBER, LoadedModel
+from fly64.backends.base import (
+    INFERENCE_MODEL,
+    TRAINING_MODEL,
+    VERIFICATION_MEMBER,
+    LoadedModel,
+)
 from fly64.backends.pytorch.inference import predict_patches
-from fly64.backends.pytorch.models import BaselineAutoencoder, DiffractionToObject, PinnAutoencoder
-from fly64.bundle.archive import BUNDLE_VERSION, MODEL_NAMES, BundleContents, npy_bytes, npz_bytes, read_bundle, write_bundle
+from fly64.backends.pytorch.models import (
+    BaselineAutoencoder,
+    DiffractionToObject,
+    PinnAutoencoder,
+)
+from fly64.bundle.archive import (
+    BUNDLE_VERSION,
+    MODEL_NAMES,
+    BundleContents,
+    npy_bytes,
+    npz_bytes,
+    read_bundle,
+    write_bundle,
+)
 from fly64.errors import BundleError
 from fly64.learning.spec import ModelSpec
 

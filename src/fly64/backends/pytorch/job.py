@@ -24,7 +24,11 @@ from fly64.learning.data import (
     normalisation_factor,
     split_validation,
 )
-from fly64.learning.evaluation import assert_not_constant, footprint_mask, patch_correlations
+from fly64.learning.evaluation import (
+    assert_not_constant,
+    footprint_mask,
+    patch_correlations,
+)
 from fly64.learning.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -197,6 +201,11 @@ def _versions() -> dict[str, str]:
     return {"torch_version": torch.__version__, "lightning_version": lightning.__version__}
 
 
+# Wall times and throughput vary from run to run; leaving them (and absolute paths) out of
+# the bundle keeps equal trainings byte-identical, so the SHA-256 identifies the model.
+RUN_DEPENDENT_RESULT_KEYS = ("status", "train_seconds", "samples_per_second")
+
+
 def _provenance(job: JobSpec, result: dict[str, Any]) -> dict[str, Any]:
     """Return the provenance for the bundle's manifest.json: the runner's record, versions, inputs, settings, figures."""
     return {
@@ -205,12 +214,12 @@ def _provenance(job: JobSpec, result: dict[str, Any]) -> dict[str, Any]:
         **_versions(),
         "numpy_version": np.__version__,
         "python_version": platform.python_version(),
-        "train_data": {"path": str(job.train_data_path), "sha256": sha256_file(job.train_data_path)},
-        "test_data": {"path": str(job.test_data_path), "sha256": sha256_file(job.test_data_path)},
+        "train_data": {"name": job.train_data_path.name, "sha256": sha256_file(job.train_data_path)},
+        "test_data": {"name": job.test_data_path.name, "sha256": sha256_file(job.test_data_path)},
         "seed": job.seed,
         "neighbor_count": job.neighbor_count,
         "training": dataclasses.asdict(job.training),
-        "result": {key: value for key, value in result.items() if key != "status"},
+        "result": {key: value for key, value in result.items() if key not in RUN_DEPENDENT_RESULT_KEYS},
     }
 
 

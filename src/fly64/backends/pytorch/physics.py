@@ -85,7 +85,7 @@ def required_canvas_pad_px(offsets_px: torch.Tensor) -> int:
     if offsets_px.numel() == 0:
         return 0
     largest = float(offsets_px.abs().max())
-    return 0 if largest == 0.0 else int(math.ceil(largest)) + 1
+    return 0 if largest == 0.0 else math.ceil(largest) + 1
 
 
 def far_field_intensity(real: torch.Tensor, imag: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,11 @@ from fly64.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-# TODO: set from measurement (fly64.backends.pytorch.benchmark).
+# Chosen with `python -m fly64.backends.pytorch.benchmark --groups 64 --repeats 2` (torch
+# 2.14.1, 2-core AMD EPYC shared with other jobs, N = 64, batch 16). Compact preset, fastest
+# rounds in groups/s: baseline gs1 90 with 1 thread and channels-last, 70 with 1 thread
+# contiguous, 13 to 37 with 2 threads; PINN gs2 64, 54 and 11 to 13. Two threads collapse
+# whenever another process takes a core, and channels-last was faster in most configurations.
 DEFAULT_CPU_THREADS = 1
 DEFAULT_CHANNELS_LAST = True
 
