@@ -39,12 +39,13 @@ def plain_copy(value: Any, where: str = "value") -> Any:
 
 def _plain_copy(value: Any, path: tuple[str, ...], budget: list[int]) -> Any:
     # A pickle can reference one list from many places, so a small file can describe a
-    # huge tree; the element budget stops the walk over such a tree early.
+    # huge tree. The element budget stops the walk over such a tree early.
     budget[0] -= 1
     if budget[0] < 0:
         raise TypeError(f"{_path_text(path)}: value has more than {MAX_PLAIN_ELEMENTS} elements")
     if len(path) > MAX_NESTING_DEPTH + 1:
         raise TypeError(f"{_path_text(path)} is nested more than {MAX_NESTING_DEPTH} levels deep")
+
     if isinstance(value, np.generic) and not isinstance(value, (np.void, np.object_)):
         value = value.item()
     if type(value) in PLAIN_SCALARS:
@@ -54,6 +55,7 @@ def _plain_copy(value: Any, path: tuple[str, ...], budget: list[int]) -> Any:
     for base in (bool, str, int, float):
         if isinstance(value, base):
             return base(value)
+
     if isinstance(value, dict):
         copy: dict[str, Any] = {}
         for key, item in value.items():

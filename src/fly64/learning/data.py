@@ -7,7 +7,7 @@ and, when the dataset has them, ground-truth patches.
 Normalisation: the network input is `x = amplitude / f` with `f = sqrt(mean photons per
 pattern) / N`, so `mean(x**2) == 1` over the dataset's patterns. Each dataset is normalised
 by its own factor, so a model trained at one dose takes data of any dose of the same
-geometry; the training factor is recorded in the bundle.
+geometry. The bundle records the training data's factor.
 
 Memory: every array is gathered per group, so shared patterns are copied. At N = 128,
 C = 4 and 1,000 groups, `amplitude` and `counts` take 262 MB each and `patches` 524 MB.

@@ -40,8 +40,12 @@ PINN physics after the network, identical in every backend:
    `OVERLAP_WEIGHT_FLOOR`. Each patch is then cut out again at its offset.
 2. Forward model: exit = patch * probe, far field = fftshift(fft2(exit, norm="ortho")),
    predicted counts = intensity_scale * |far field|², with intensity_scale =
-   exp(log_intensity_scale) trained and initialised to mean photons per pattern divided
-   by sum(|probe|²).
+   exp(log_intensity_scale) trained. It starts at sum(counts) / sum(|far field|²) of
+   the untrained network over the first 64 training groups, so that the first predicted
+   counts total the measured ones. Starting instead at the mean photons per pattern
+   (right for a unit-amplitude object) made the amplitude sigmoid saturate at 1 in
+   measured runs, because the object's real mean |O|² was about 0.4 and raising the
+   amplitude was the quickest way to more photons.
 3. Loss: Poisson negative log-likelihood, mean over pixels of
    `predicted - counts * log(predicted + POISSON_EPSILON)`.
 

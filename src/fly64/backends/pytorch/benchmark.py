@@ -21,7 +21,11 @@ import torch
 
 from fly64.backends.base import TrainingSettings
 from fly64.backends.pytorch.runtime import configure_runtime
-from fly64.backends.pytorch.training import build_model, fit_model
+from fly64.backends.pytorch.training import (
+    build_model,
+    calibrate_intensity_scale,
+    fit_model,
+)
 from fly64.learning.data import build_training_arrays, canvas_pad_px, split_validation
 from fly64.learning.spec import PRESETS, ModelSpec
 from fly64.learning.synthetic import make_synthetic_dataset
@@ -46,7 +50,9 @@ def measure(kind: str, gridsize: int, preset: str, threads: int, channels_last: 
         channels_last=channels_last,
     )
     runtime = configure_runtime(settings.device, threads, channels_last)
-    model = build_model(spec, dataset.probe, 1e4, seed=0)
+    model = build_model(spec, dataset.probe, seed=0)
+    if kind == "pinn":
+        calibrate_intensity_scale(model, train)
     outcome = fit_model(model, train, validation, settings, runtime, seed=0, skip_first_steps=args.skip_steps)
     return {
         "job": f"{kind}-gs{gridsize}",

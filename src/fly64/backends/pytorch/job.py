@@ -66,7 +66,11 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     # Lightning is imported only once the inputs are known to be valid.
     from fly64.backends.pytorch.bundle import write_torch_bundle
     from fly64.backends.pytorch.runtime import configure_runtime
-    from fly64.backends.pytorch.training import build_model, fit_model
+    from fly64.backends.pytorch.training import (
+        build_model,
+        calibrate_intensity_scale,
+        fit_model,
+    )
 
     settings = job.training
     runtime = configure_runtime(settings.device, settings.threads, settings.channels_last)
@@ -83,8 +87,9 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         job.model_kind, job.gridsize, settings.model_preset, model_spec.parameter_count(), arrays.n_groups, norm_factor, pad,
     )
 
-    intensity_scale = _initial_intensity_scale(arrays.counts, train_dataset.probe)
-    model = build_model(model_spec, train_dataset.probe, intensity_scale, job.seed)
+    model = build_model(model_spec, train_dataset.probe, job.seed)
+    if job.model_kind == "pinn":
+        calibrate_intensity_scale(model, train_arrays)
     outcome = fit_model(model, train_arrays, validation_arrays, settings, runtime, job.seed)
 
     test_arrays = build_training_arrays(test_dataset, job.gridsize, job.neighbor_count, job.seed)
@@ -221,19 +226,6 @@ def _provenance(job: JobSpec, result: dict[str, Any]) -> dict[str, Any]:
         "training": dataclasses.asdict(job.training),
         "result": {key: value for key, value in result.items() if key not in RUN_DEPENDENT_RESULT_KEYS},
     }
-
-
-def _initial_intensity_scale(counts: np.ndarray, probe: np.ndarray) -> float:
-    """Return the PINN's starting intensity scale: mean photons per pattern / sum(|P|²).
-
-    With a probe normalised to sum(|P|²) = 1 (the data contract's convention) this is the
-    mean photons per pattern, the scale at which a unit-amplitude object gives the measured dose.
-    """
-    mean_photons = float(np.mean(np.sum(counts, axis=(-2, -1), dtype=np.float64)))
-    probe_power = float(np.sum(np.abs(probe.astype(np.complex128)) ** 2))
-    if not (mean_photons > 0 and probe_power > 0):
-        raise InputError(f"cannot start the intensity scale: mean photons {mean_photons}, probe power {probe_power}; expected both > 0")
-    return mean_photons / probe_power
 
 
 def _check_reload(bundle_path) -> None:

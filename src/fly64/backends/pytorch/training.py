@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import math
 import time
 import warnings
 from typing import Any
@@ -22,11 +23,16 @@ from fly64.backends.pytorch.lightning_modules import (
     training_tensors,
 )
 from fly64.backends.pytorch.models import BaselineAutoencoder, PinnAutoencoder
+from fly64.backends.pytorch.physics import far_field_intensity
 from fly64.backends.pytorch.runtime import Runtime
+from fly64.errors import JobFailedError
 from fly64.learning.data import TrainingArrays
 from fly64.learning.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
+
+# Training groups whose photons calibrate the PINN's initial intensity scale.
+CALIBRATION_GROUPS = 64
 
 
 @dataclasses.dataclass
@@ -52,17 +58,46 @@ class TrainingOutcome:
         return len(self.history)
 
 
-def build_model(spec: ModelSpec, probe: np.ndarray, intensity_scale: float, seed: int) -> torch.nn.Module:
+def build_model(spec: ModelSpec, probe: np.ndarray, seed: int, intensity_scale: float = 1.0) -> torch.nn.Module:
     """Seed every generator and create the autoencoder for `spec.kind` with fresh weights.
 
     Args:
         probe: complex (N, N) probe, used by the PINN only.
-        intensity_scale: the PINN's initial intensity scale (photons per unit intensity).
+        intensity_scale: the PINN's intensity scale (photons per unit intensity) until
+            `calibrate_intensity_scale` sets it from data.
     """
     L.seed_everything(seed, workers=True, verbose=False)
     if spec.kind == "pinn":
         return PinnAutoencoder(spec, torch.from_numpy(np.asarray(probe, dtype=np.complex64)), intensity_scale)
     return BaselineAutoencoder(spec)
+
+
+@torch.no_grad()
+def calibrate_intensity_scale(model: PinnAutoencoder, arrays: TrainingArrays) -> float:
+    """Set the untrained PINN's intensity scale so that its predicted counts total the measured counts.
+
+    Uses the first `CALIBRATION_GROUPS` groups: scale = sum(counts) / sum(|far field|²) of
+    the network's current output. Returns the scale.
+
+    Raises:
+        JobFailedError: the groups hold no photons or the untrained output has no intensity.
+    """
+    groups = slice(0, CALIBRATION_GROUPS)
+    amplitude = torch.from_numpy(arrays.amplitude[groups])
+    offsets_px = torch.from_numpy(arrays.offsets_px[groups])
+    real, imag = model.diffraction_to_obj(amplitude, offsets_px)
+    predicted_total = float(far_field_intensity(real, imag, model.probe).double().sum())
+    measured_total = float(np.sum(arrays.counts[groups], dtype=np.float64))
+    if not (predicted_total > 0 and measured_total > 0 and math.isfinite(predicted_total)):
+        raise JobFailedError(
+            f"cannot calibrate the intensity scale: measured {measured_total} photons, "
+            f"untrained model intensity {predicted_total}; expected both finite and > 0"
+        )
+
+    scale = measured_total / predicted_total
+    model.log_intensity_scale.fill_(math.log(scale))
+    logger.info("Initial intensity scale %.6g photons per unit intensity", scale)
+    return scale
 
 
 def fit_model(
@@ -107,8 +142,8 @@ def fit_model(
         devices=1,
         max_epochs=settings.epochs,
         callbacks=[history, best_weights, throughput, early_stopping],
-        # CUDA kernels of some layers (up-sampling backward) have no deterministic
-        # version; there determinism is requested with a warning instead of an error.
+        # NOTE: training has not run on CUDA yet. There an operation without a deterministic
+        # kernel warns instead of failing the job.
         deterministic=True if runtime.accelerator == "cpu" else "warn",
         logger=False,
         enable_checkpointing=False,
