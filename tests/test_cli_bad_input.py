@@ -32,7 +32,10 @@ def write_config(folder: Path, text: str = SMALL_CONFIG, name: str = "study.toml
 
 
 def files_under(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.rglob("*") if path.is_file()) if folder.exists() else []
+    """Return the artifacts under `folder`; the study lock file is not an artifact."""
+    if not folder.exists():
+        return []
+    return sorted(path for path in folder.rglob("*") if path.is_file() and path.name != ".fly64.lock")
 
 
 def assert_rejected(result, *fragments: str) -> None:

@@ -25,6 +25,8 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = REPOSITORY_ROOT / "configs" / "smoke.toml"
 RESULT_LINE = re.compile(r"^    → (Bundle|SHA256|Size) \[(\w+)/dose=(\d\.?\d*e[+-]\d+)\]: (.+)$")
 
+SUMMARY_LINES = {"Study root", "Training manifest", "Reconstruction manifest", "Metrics summary", "Report"}
+
 pytestmark = pytest.mark.slow
 
 
@@ -78,7 +80,7 @@ def test_stdout_lines_match_manifest_and_files(smoke_run):
 def test_stdout_holds_only_result_lines(smoke_run):
     _, result = smoke_run
     for line in result.stdout.splitlines():
-        assert RESULT_LINE.match(line) or line.split(":")[0] in {"Study root", "Training manifest"}, line
+        assert RESULT_LINE.match(line) or line.split(":")[0] in SUMMARY_LINES, line
 
 
 def test_bundle_manifests_name_pytorch(smoke_run):
@@ -158,3 +160,47 @@ def test_second_run_is_identical(smoke_run, tmp_path, fly64_probe_path):
         assert weights
         for name in weights:
             assert first.read(name) == other.read(name), name
+
+
+def test_reconstructions_written_for_three_models(smoke_run):
+    root, _ = smoke_run
+    manifest = json.loads((root / "phase_f" / "reconstruction_manifest.json").read_text())
+    entries = manifest["jobs"]
+    assert {entry["model"] for entry in entries} >= {"PtychoPINN", "Baseline", "PtyChi"}
+    assert all(entry["status"] == "completed" for entry in entries), [e for e in entries if e["status"] != "completed"]
+    for path in sorted((root / "phase_f").rglob("*.npz")):
+        with np.load(path, allow_pickle=False) as archive:
+            assert archive["object"].dtype == np.complex64
+
+
+def test_metrics_finite_for_three_models(smoke_run):
+    root, _ = smoke_run
+    tables = sorted((root / "analysis").rglob("comparison_metrics.csv"))
+    assert len(tables) >= 6
+    models = set()
+    for table in tables:
+        lines = table.read_text().splitlines()
+        assert lines[0] == "model,metric,amplitude,phase"
+        for line in lines[1:]:
+            model, metric, amplitude, phase = line.split(",")
+            models.add(model)
+            if metric != "psnr":
+                assert np.isfinite(float(amplitude)) and np.isfinite(float(phase)), (table, line)
+    assert models == {"PtychoPINN", "Baseline", "PtyChi"}
+    summary = json.loads((root / "analysis" / "metrics_summary.json").read_text())
+    assert summary
+
+
+def test_report_figures_are_png(smoke_run):
+    import matplotlib.image
+
+    root, result = smoke_run
+    report = root / "analysis" / "report.md"
+    assert f"Report: {report}" in result.stdout
+    text = report.read_text()
+    figures = sorted((root / "analysis").rglob("*.png"))
+    assert len(figures) >= 4
+    for figure in figures:
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.image.imread(figure).ndim == 3
+        assert figure.name in text

@@ -19,6 +19,7 @@ TINY_CONFIG = """
 [study]
 dose_list = [1e4]
 patch_size_pixels = 32
+overlap_views = {dense = 0.7}
 
 [simulation]
 object_size_px = 224
@@ -46,41 +47,41 @@ def config_path(tmp_path_factory) -> Path:
 def reference_root(tmp_path_factory, config_path) -> Path:
     """An uninterrupted serial sweep."""
     root = tmp_path_factory.mktemp("reference") / "root"
-    result = run_fly64("run", "--root", root, "--config", config_path)
+    result = run_fly64("run", "--until", "train", "--root", root, "--config", config_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return root
 
 
 def test_rerun_reuses_up_to_date_bundles(reference_root, config_path):
     before = bundle_digests(reference_root)
-    result = run_fly64("run", "--root", reference_root, "--config", config_path)
+    result = run_fly64("run", "--until", "train", "--root", reference_root, "--config", config_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert bundle_digests(reference_root) == before
     assert "skipped: bundle up to date, reused" in result.stderr
-    assert result.stdout.count("→ SHA256") == 3
+    assert result.stdout.count("→ SHA256") == 2
 
 
 def test_training_is_byte_reproducible(reference_root, config_path, tmp_path):
-    result = run_fly64("run", "--root", tmp_path / "again", "--config", config_path)
+    result = run_fly64("run", "--until", "train", "--root", tmp_path / "again", "--config", config_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert bundle_digests(tmp_path / "again") == bundle_digests(reference_root)
 
 
 def test_local_pool_matches_serial(reference_root, config_path, tmp_path):
-    result = run_fly64("run", "--root", tmp_path / "pool", "--config", config_path, "--jobs", "2")
+    result = run_fly64("run", "--until", "train", "--root", tmp_path / "pool", "--config", config_path, "--jobs", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert bundle_digests(tmp_path / "pool") == bundle_digests(reference_root)
 
 
 def test_ray_executor_matches_serial(reference_root, config_path, tmp_path):
-    result = run_fly64("run", "--root", tmp_path / "ray", "--config", config_path, "--executor", "ray",
+    result = run_fly64("run", "--until", "train", "--root", tmp_path / "ray", "--config", config_path, "--executor", "ray",
                        "--cpus-per-job", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert bundle_digests(tmp_path / "ray") == bundle_digests(reference_root)
 
 
 def test_submitit_local_executor_matches_serial(reference_root, config_path, tmp_path):
-    result = run_fly64("run", "--root", tmp_path / "slurm", "--config", config_path, "--executor", "slurm",
+    result = run_fly64("run", "--until", "train", "--root", tmp_path / "slurm", "--config", config_path, "--executor", "slurm",
                        "--slurm-cluster", "local", "--cpus-per-job", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert bundle_digests(tmp_path / "slurm") == bundle_digests(reference_root)
@@ -90,7 +91,7 @@ def test_kill_and_resume_trials(reference_root, config_path, tmp_path):
     """SIGKILL a sweep at 10 seeded moments; each resume must end with the reference bundles."""
     reference = bundle_digests(reference_root)
     started = time.monotonic()
-    result = run_fly64("run", "--root", tmp_path / "timing", "--config", config_path)
+    result = run_fly64("run", "--until", "train", "--root", tmp_path / "timing", "--config", config_path, "--jobs", "2")
     assert result.returncode == 0
     full_seconds = time.monotonic() - started
     moments = np.random.default_rng(2026).uniform(0.5, full_seconds, size=10)
@@ -99,7 +100,8 @@ def test_kill_and_resume_trials(reference_root, config_path, tmp_path):
     for trial, moment in enumerate(moments):
         root = tmp_path / f"trial{trial}"
         process = subprocess.Popen(
-            [fly64_executable(), "run", "--root", str(root), "--config", str(config_path), "-q"],
+            [fly64_executable(), "run", "--until", "train", "--root", str(root), "--config", str(config_path),
+             "--jobs", "2", "-q"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         time.sleep(moment)
@@ -107,7 +109,7 @@ def test_kill_and_resume_trials(reference_root, config_path, tmp_path):
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
-        resumed = run_fly64("run", "--root", root, "--config", config_path)
+        resumed = run_fly64("run", "--until", "train", "--root", root, "--config", config_path, "--jobs", "2")
         outcomes.append((round(float(moment), 1), resumed.returncode))
         assert resumed.returncode == 0, (trial, moment, resumed.stderr[-3000:])
         assert bundle_digests(root) == reference, (trial, moment)
@@ -119,7 +121,8 @@ def test_kill_and_resume_trials(reference_root, config_path, tmp_path):
 def test_second_runner_is_locked_out(reference_root, config_path):
     digests = bundle_digests(reference_root)
     first = subprocess.Popen(
-        [fly64_executable(), "run", "--root", str(reference_root), "--config", str(config_path), "--force", "-q"],
+        [fly64_executable(), "run", "--until", "train", "--root", str(reference_root), "--config", str(config_path),
+         "--force", "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -127,7 +130,7 @@ def test_second_runner_is_locked_out(reference_root, config_path):
         lock_file = reference_root / ".fly64.lock"
         while time.monotonic() < deadline and str(first.pid) not in lock_file.read_text():
             time.sleep(0.2)
-        second = run_fly64("run", "--root", reference_root, "--config", config_path)
+        second = run_fly64("run", "--until", "train", "--root", reference_root, "--config", config_path)
         assert second.returncode == 2
         assert f"locked by process {first.pid}" in second.stderr
         assert "Traceback" not in second.stderr
@@ -140,7 +143,7 @@ def test_second_runner_is_locked_out(reference_root, config_path):
 def test_failed_job_is_isolated(config_path, tmp_path):
     broken = tmp_path / "broken.toml"
     broken.write_text(TINY_CONFIG.replace("epochs = 1", "epochs = 1\nlearning_rate = 1e30"))
-    result = run_fly64("run", "--root", tmp_path / "root", "--config", broken)
+    result = run_fly64("run", "--until", "train", "--root", tmp_path / "root", "--config", broken)
     assert result.returncode == 1
     assert "job(s) failed" in result.stderr
     manifest = json.loads((tmp_path / "root" / "phase_e" / "training_manifest.json").read_text())
@@ -205,7 +208,7 @@ def test_verify_study_root_passes(reference_root):
     result = run_fly64("verify", reference_root)
     assert result.returncode == 0, result.stdout
     assert "FAIL" not in result.stdout
-    assert result.stdout.count("reloaded in a fresh process") == 3
+    assert result.stdout.count("reloaded in a fresh process") == 2
 
 
 def test_verify_reports_flipped_byte(reference_root, tmp_path):

@@ -25,10 +25,15 @@ logger = logging.getLogger("fly64.cli")
 
 EXIT_FAILED_JOBS = 1
 EXIT_BAD_INPUT = 2
+RUN_STAGES = ("generate", "overlap", "train", "reconstruct", "compare", "report")
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    level = logging.INFO
+    if verbose:
+        level = logging.DEBUG
+    elif quiet:
+        level = logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
@@ -233,10 +238,12 @@ def train_command(root, phase_c_root, phase_d_root, artifact_root, doses, views,
 @config_option
 @probe_option
 @backend_option
+@click.option("--until", type=click.Choice(RUN_STAGES), default="report", show_default=True,
+              help="Last stage to run: stop after training, for example, to reconstruct and compare later.")
 @_executor_options
 @_with_verbosity
 @_handle_input_errors
-def run_command(root, config_path, probe_path, backend, executor, jobs, address, cpus_per_job, gpus_per_job,
+def run_command(root, config_path, probe_path, backend, until, executor, jobs, address, cpus_per_job, gpus_per_job,
                 slurm_partition, slurm_time_min, slurm_cluster, force, verbose, quiet) -> None:
     """Run the whole sweep under ROOT: phases C (simulation) to G (comparison) and the report.
 
@@ -247,21 +254,29 @@ def run_command(root, config_path, probe_path, backend, executor, jobs, address,
     settings = _executor_settings(layout.phase_e_root(root), executor, jobs, address, cpus_per_job, gpus_per_job,
                                   slurm_partition, slurm_time_min, slurm_cluster)
     started = time.perf_counter()
+    last = RUN_STAGES.index(until)
+    training: dict = {}
+    reconstruction: dict = {}
+    comparison: dict = {}
     with study_lock(root):
         _run_generate(config, layout.phase_c_root(root), probe_path)
-        _run_overlap(config, layout.phase_c_root(root), layout.phase_d_root(root))
-        summary = _run_train(config, layout.phase_c_root(root), layout.phase_d_root(root), layout.phase_e_root(root),
-                             backend, None, None, None, False, settings, force, quiet)
-        click.echo(f"Training manifest: {summary['manifest_path']}")
-        reconstruction = _run_reconstruct(config, root)
-        comparison = _run_compare(config, root)
-        report_path = _run_report(config, root)
+        if last >= RUN_STAGES.index("overlap"):
+            _run_overlap(config, layout.phase_c_root(root), layout.phase_d_root(root))
+        if last >= RUN_STAGES.index("train"):
+            training = _run_train(config, layout.phase_c_root(root), layout.phase_d_root(root),
+                                  layout.phase_e_root(root), backend, None, None, None, False, settings, force, quiet)
+            click.echo(f"Training manifest: {training['manifest_path']}")
+        if last >= RUN_STAGES.index("reconstruct"):
+            reconstruction = _run_reconstruct(config, root)
+            click.echo(f"Reconstruction manifest: {reconstruction.get('manifest_path')}")
+        if last >= RUN_STAGES.index("compare"):
+            comparison = _run_compare(config, root)
+            click.echo(f"Metrics summary: {comparison.get('summary_path')}")
+        if last >= RUN_STAGES.index("report"):
+            click.echo(f"Report: {_run_report(config, root)}")
     logger.info("sweep finished in %.1f s", time.perf_counter() - started)
-    click.echo(f"Reconstruction manifest: {reconstruction.get('manifest_path')}")
-    click.echo(f"Metrics summary: {comparison.get('summary_path')}")
-    click.echo(f"Report: {report_path}")
     click.echo(f"Study root: {root}")
-    _exit_on_failures(summary, reconstruction, comparison)
+    _exit_on_failures(training, reconstruction, comparison)
 
 
 def _run_generate(config: StudyConfig, phase_c: Path, probe_path: Path | None) -> dict:
@@ -298,7 +313,7 @@ def _finish_training(summary: dict) -> None:
 def _exit_on_failures(training: dict, reconstruction: dict | None = None, comparison: dict | None = None) -> None:
     """Print a summary of failed jobs to stderr and exit with code 1 when there is any."""
     problems = []
-    if training.get("failed"):
+    if training and training.get("failed"):
         problems.append(f"{training['failed']} of {training['jobs']} training job(s) failed (see each job's train.log)")
     if reconstruction and reconstruction.get("failed"):
         problems.append(f"{reconstruction['failed']} reconstruction(s) failed (see reconstruction_manifest.json)")

@@ -95,6 +95,11 @@ def run_payloads(
         yield from _run_submitit(settings, payloads, run_one)
 
 
+def _call(run_one, job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Call `run_one`; Ray turns only plain functions into tasks, and `run_one` may be a callable object."""
+    return run_one(job, config)
+
+
 def _failure(error: BaseException) -> dict[str, Any]:
     return {"status": "failed", "error": f"{type(error).__name__}: {error}", "error_type": type(error).__name__}
 
@@ -140,8 +145,8 @@ def _run_ray(settings, payloads, run_one) -> Iterator[tuple[int, dict[str, Any]]
             )
         started_here = True
     try:
-        remote = ray.remote(num_cpus=settings.threads_per_job(), num_gpus=settings.gpus_per_job, max_retries=0)(run_one)
-        pending = {remote.remote(job, config): index for index, (job, config) in enumerate(payloads)}
+        remote = ray.remote(num_cpus=settings.threads_per_job(), num_gpus=settings.gpus_per_job, max_retries=0)(_call)
+        pending = {remote.remote(run_one, job, config): index for index, (job, config) in enumerate(payloads)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for reference in done:

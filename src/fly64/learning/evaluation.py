@@ -19,6 +19,9 @@ def footprint_mask(probe: np.ndarray) -> np.ndarray:
     return probe_footprint_mask(probe, FOOTPRINT_AMPLITUDE_FRACTION)
 
 
+CORRELATION_DECIMALS = 9
+
+
 def patch_correlations(predicted: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Return the Pearson correlations of amplitude and phase inside the probe footprint.
 
@@ -53,7 +56,16 @@ def patch_correlations(predicted: np.ndarray, truth: np.ndarray, mask: np.ndarra
 
     amplitude_correlation = _pearson(np.abs(predicted_masked), np.abs(truth_masked))
     phase_correlation = _pearson(_centred_phase(predicted_masked), _centred_phase(truth_masked))
-    return {"amplitude_correlation": amplitude_correlation, "phase_correlation": phase_correlation}
+    # BLAS reductions round differently with other thread counts (Ray sets one thread per
+    # task); rounding keeps the figures, and so the bundles that record them, reproducible.
+    return {
+        "amplitude_correlation": _rounded(amplitude_correlation),
+        "phase_correlation": _rounded(phase_correlation),
+    }
+
+
+def _rounded(value: float) -> float:
+    return value if not np.isfinite(value) else round(float(value), CORRELATION_DECIMALS)
 
 
 def assert_not_constant(predicted: np.ndarray, mask: np.ndarray | None = None) -> None:
