@@ -24,8 +24,10 @@ Two decoders with equal layout, one for the amplitude and one for the phase; eac
     conv 3x3 to C channels, no activation
 
 Outputs: amplitude = sigmoid(amplitude decoder), phase = pi * tanh(phase decoder), and the
-patch is amplitude * exp(i * phase). Convolutions use the frameworks' default
-initialisers (the backends may differ there, which changes trained weights, not shapes).
+patch is amplitude * exp(i * phase). Convolutions start from PyTorch's default
+initialisation; the TensorFlow backend draws from the same distributions, because Keras's
+defaults trained to measurably different phase quality. The draws themselves differ
+between frameworks, so trained weights differ while shapes and statistics match.
 
 PINN physics after the network, identical in every backend:
 

@@ -1,6 +1,6 @@
 """Measure TensorFlow training throughput per job kind, preset and thread count.
 
-    python -m fly64.backends.tensorflow.benchmark [--patch-size 64] [--groups 96] [--epochs 2] [--threads 1]
+    python -m fly64.backends.tensorflow.benchmark [--patch-size 64] [--groups 96] [--epochs 2] [--threads 0]
 
 Each configuration trains on a synthetic scan through the same Keras path as a job
 (`fly64.backends.tensorflow.training.fit_models`). It reports groups per second over the
@@ -75,16 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-steps", type=int, default=2, help="first training steps left out of the timing (default 2)")
     parser.add_argument("--jobs", nargs="+", default=list(JOB_KINDS), choices=list(JOB_KINDS))
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    parser.add_argument("--threads", type=int, default=1, help="intra-op CPU threads of this process (default 1)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="intra-op CPU threads of this process; 0 uses every available CPU (default 0)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
     from fly64.backends.tensorflow.runtime import configure_runtime
 
-    configure_runtime("cpu", args.threads, seed=0)
+    runtime = configure_runtime("cpu", args.threads, seed=0)
     for job, preset in itertools.product(args.jobs, args.presets):
         kind, gridsize = JOB_KINDS[job]
-        figures = measure(kind, gridsize, preset, args.threads, args)
+        figures = measure(kind, gridsize, preset, runtime.threads, args)
         print(json.dumps(figures), flush=True)
     return 0
 

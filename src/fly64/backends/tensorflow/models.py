@@ -11,7 +11,7 @@ their layers:
   overlap constraint. The baseline ignores `positions`, which keeps one signature.
 - `autoencoder` of the PINN: the same inputs; output float32 (B, N, N, C) predicted photon
   counts, trained with `PoissonNLL` against measured counts.
-- `autoencoder` of the baseline: input `amplitude`; outputs `object_amplitude` and
+- `autoencoder` of the baseline: input `amplitude`. Outputs: `object_amplitude` and
   `object_phase`, float32 (B, N, N, C) each, trained with mean absolute error against the
   ground-truth patches.
 
