@@ -220,3 +220,18 @@ def test_verify_reports_flipped_byte(reference_root, tmp_path):
     result = run_fly64("verify", damaged)
     assert result.returncode == 1
     assert "FAIL" in result.stdout
+
+
+def test_tensorflow_backend_sweep(config_path, tmp_path):
+    from fly64.bundle.archive import read_bundle
+
+    root = tmp_path / "tensorflow"
+    result = run_fly64("run", "--until", "train", "--root", root, "--config", config_path, "--backend", "tensorflow")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((root / "phase_e" / "training_manifest.json").read_text())
+    assert manifest["backend"] == "tensorflow"
+    assert result.stdout.count("→ SHA256") == len(manifest["jobs"]) == 2
+    for job in manifest["jobs"]:
+        bundle = Path(job["log_path"]).parent / job["result"]["bundle_path"]
+        assert read_bundle(bundle).backend == "tensorflow"
+        assert sha256_file(bundle) == job["result"]["bundle_sha256"]
