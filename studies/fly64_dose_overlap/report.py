@@ -632,7 +632,8 @@ def _reconstruction_section(inputs: dict[str, Any]) -> str:
         "Learned models: time in `predict` only, after one warm-up batch (batch size "
         f"{settings.get('batch_size')}). PtyChi: LSQML with the known probe fixed, {settings.get('ptychi_epochs')} "
         f"epochs, minibatch {settings.get('ptychi_batch_size')}, noise model {manifest.get('ptychi_noise_model')}. "
-        "Its time includes importing torch and pty-chi in its process, so it overstates the iterations alone."
+        "Its time counts the LSQML iterations alone; `ptychi_process_seconds` in the reconstruction manifest adds "
+        "importing torch and pty-chi in its own process."
     )
     lines += ["", timing_note]
     return "\n".join(lines)
