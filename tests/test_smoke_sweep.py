@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, fly64_probe_path):
     root = tmp_path_factory.mktemp("smoke") / "root"
-    result = run_fly64("run", "--root", root, "--config", SMOKE_CONFIG, "--probe", fly64_probe_path, timeout=1500)
+    result = run_fly64("run", "--root", root, "--config", SMOKE_CONFIG, "--probe", fly64_probe_path, timeout=2400)
     assert result.returncode == 0, result.stderr[-4000:]
     return root, result
 
