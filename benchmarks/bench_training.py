@@ -3,7 +3,7 @@
 Runs `python -m fly64.backends.pytorch.benchmark` and `python -m
 fly64.backends.tensorflow.benchmark` in separate processes (the two frameworks must not
 share one), on the same synthetic scan, and prints one Markdown table of groups per
-second over the training steps. A group holds C = gridsize² patterns, so patterns per
+second over the training steps. A group contains C = gridsize² patterns, so patterns per
 second is groups per second times C.
 
 Usage:

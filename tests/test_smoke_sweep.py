@@ -185,8 +185,8 @@ def test_metrics_finite_for_three_models(smoke_run):
             model, metric, amplitude, phase = line.split(",")
             models.add(model)
             values = (float(amplitude), float(phase))
-            # PSNR is inf for a perfect match and an FRC resolution is inf when the curve
-            # never reaches its threshold; every other metric is a finite number.
+            # PSNR is inf for a perfect match, and an FRC resolution is inf when the curve
+            # never reaches its threshold. Every other metric is a finite number.
             if metric in ("psnr", "frc50", "frc17"):
                 assert not any(np.isnan(value) for value in values), (table, line)
             else:

@@ -128,7 +128,7 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     """Read and validate an NPZ dataset.
 
     Raises:
-        DataContractError: the file is missing or unreadable, or a key is missing or holds
+        DataContractError: the file is missing or unreadable, or a key is missing or contains
             values that break the contract. The message names the file and the key.
     """
     path = Path(path)

@@ -106,8 +106,8 @@ def main() -> None:
 
     Phases: `generate` (C, simulation), `overlap` (D, dense and sparse views), `train`
     (E, models and bundles), `reconstruct` (F, held-out reconstructions and the pty-chi
-    reference), `compare` (G, metrics) and `report`; `run` does them in order under one
-    study root. `verify` checks bundles, NPZ files and study roots.
+    reference), `compare` (G, metrics) and `report`. `run` does them in order under one
+    study root, and `verify` checks bundles, NPZ files and study roots.
     """
 
 
@@ -355,9 +355,7 @@ def reconstruct_command(root, config_path, verbose, quiet) -> None:
     with study_lock(root):
         summary = _run_reconstruct(config, root)
     click.echo(f"Reconstruction manifest: {summary.get('manifest_path')}")
-    if summary.get("failed"):
-        click.echo(f"Error: {summary['failed']} reconstruction(s) failed; see the manifest", err=True)
-        sys.exit(EXIT_FAILED_JOBS)
+    _exit_on_failures({}, reconstruction=summary)
 
 
 @main.command("compare")
@@ -373,9 +371,7 @@ def compare_command(root, config_path, verbose, quiet) -> None:
     with study_lock(root):
         summary = _run_compare(config, root)
     click.echo(f"Metrics summary: {summary.get('summary_path')}")
-    if summary.get("failed"):
-        click.echo(f"Error: {summary['failed']} comparison(s) failed; see the summary", err=True)
-        sys.exit(EXIT_FAILED_JOBS)
+    _exit_on_failures({}, comparison=summary)
 
 
 @main.command("report")

@@ -45,7 +45,7 @@ class StudyTable(_Table):
 
 
 class SimulationTable(_Table):
-    """How Phase C simulates the scan."""
+    """Phase C simulation settings: object, scan trajectory and chunking."""
 
     object_size_px: int = Field(1024, ge=16, description="side M of the square object, in pixels")
     scan_pattern: Literal["raster", "spiral"] = Field("raster", description="scan trajectory")
@@ -57,7 +57,7 @@ class SimulationTable(_Table):
 
 
 class TrainingTable(_Table):
-    """How Phase E trains each job."""
+    """Phase E training settings of every job."""
 
     backend: Literal["pytorch", "tensorflow"] = "pytorch"
     model_preset: Literal["compact", "reference"] = "compact"
@@ -72,7 +72,7 @@ class TrainingTable(_Table):
 
 
 class ReconstructionTable(_Table):
-    """How Phase F reconstructs held-out data."""
+    """Phase F reconstruction settings: inference batches and the classical reference."""
 
     batch_size: int = Field(64, ge=1, description="patterns per inference batch")
     ptychi_epochs: int = Field(50, ge=1, description="LSQML epochs of the classical reference")
@@ -81,7 +81,7 @@ class ReconstructionTable(_Table):
 
 
 class ReportTable(_Table):
-    """How the report draws figures."""
+    """Report figure settings."""
 
     dpi: int = Field(110, ge=30, le=600)
 

@@ -1,7 +1,7 @@
 """Phase A: the study design, its constants and their validation.
 
 The design fixes what the sweep varies (doses, overlap views, gridsizes) and what it
-holds constant (patch size, neighbour count, split, seeds). Spacing thresholds follow
+keeps constant (patch size, neighbour count, split, seeds). Spacing thresholds follow
 from the overlap fractions: a view with target overlap `f` spaces scan positions about
 `(1 - f) * N` pixels apart.
 """
@@ -28,7 +28,7 @@ class StudyDesign:
 
     Attributes:
         dose_list: nominal doses, mean detected photons per diffraction pattern.
-        gridsizes: group side lengths; a group holds `gridsize**2` patterns.
+        gridsizes: group side lengths; a group contains `gridsize**2` patterns.
         neighbor_count: K, nearest neighbours from which each gridsize-2 group is drawn.
         patch_size_pixels: N, side of a diffraction pattern and object patch, in pixels.
         overlap_views: view name to target overlap fraction in [0, 1).

@@ -2,7 +2,7 @@
 
 Every executor calls the same function, `run_job_payload`, on plain data (a job and a
 config as dicts), so a job runs identically wherever it lands. The job trains in its own
-subprocess and writes its bundle, log and `result.json` into the shared study root; the
+subprocess and writes its bundle, log and `result.json` into the shared study root. The
 parent process only collects the returned results and assembles the manifest.
 
 - `local` (default): `jobs` worker threads, each waiting on one job subprocess.
@@ -31,7 +31,7 @@ SLURM_CLUSTERS = ("slurm", "local")
 
 @dataclasses.dataclass(frozen=True)
 class ExecutorSettings:
-    """How Phase E jobs are dispatched.
+    """Dispatch settings of Phase E jobs.
 
     Attributes:
         kind: `local`, `ray` or `slurm`.

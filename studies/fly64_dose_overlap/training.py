@@ -460,8 +460,8 @@ def train_all(
                 "skipped": len(skipped), "jobs": len(jobs)}
 
     results: list[dict[str, Any] | None] = [None] * len(jobs)
-    # Jobs keep the config's thread count whatever the executor, so that every executor
-    # trains the same bundles; the executor's share of cores only sizes resource requests.
+    # Jobs keep the config's thread count whatever the executor, so every executor trains
+    # the same bundles. The executor's share of cores only sizes resource requests.
     threads = 0
     config_document = config.model_dump()
     with SweepProgress([job.label for job in jobs], quiet=quiet) as progress:

@@ -291,7 +291,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) ->
     with archive.open(info) as handle:
         data = handle.read(info.file_size + 1)
     if len(data) != info.file_size:
-        raise BundleError(f"{path}: member {info.filename} is {len(data)} bytes long, but its header says {info.file_size}")
+        raise BundleError(f"{path}: member {info.filename} is {len(data)} bytes long, but its ZIP header records {info.file_size}")
     return data
 
 

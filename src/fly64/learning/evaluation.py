@@ -56,8 +56,8 @@ def patch_correlations(predicted: np.ndarray, truth: np.ndarray, mask: np.ndarra
 
     amplitude_correlation = _pearson(np.abs(predicted_masked), np.abs(truth_masked))
     phase_correlation = _pearson(_centred_phase(predicted_masked), _centred_phase(truth_masked))
-    # BLAS reductions round differently with other thread counts (Ray sets one thread per
-    # task); rounding keeps the figures, and so the bundles that record them, reproducible.
+    # BLAS reductions round differently with other thread counts, and Ray sets one thread
+    # per task. Rounding keeps the figures, and so the bundles that record them, reproducible.
     return {
         "amplitude_correlation": _rounded(amplitude_correlation),
         "phase_correlation": _rounded(phase_correlation),

@@ -206,7 +206,7 @@ def _versions() -> dict[str, str]:
     return {"torch_version": torch.__version__, "lightning_version": lightning.__version__}
 
 
-# Wall times and throughput vary from run to run; leaving them (and absolute paths) out of
+# Wall times and throughput vary from run to run. Leaving them and absolute paths out of
 # the bundle keeps equal trainings byte-identical, so the SHA-256 identifies the model.
 RUN_DEPENDENT_RESULT_KEYS = ("status", "train_seconds", "samples_per_second")
 
