@@ -20,6 +20,16 @@ from fly64.learning.spec import ModelSpec
 N = 32
 REFERENCE_PATCH_SIZE = 64
 
+# Validation losses for the learning-rate schedule: flat, improving by less than the
+# relative threshold, negative (the PINN's Poisson loss), and recovering after a plateau.
+PLATEAU_LOSS_SEQUENCES = {
+    "flat": [1.0] * 10,
+    "below_threshold": [1.0, 0.99999, 0.99998, 0.99997, 0.99996, 0.99995, 0.99994, 0.99993],
+    "negative": [-20.0, -25.0, -25.001, -24.0, -24.5, -24.9, -26.0, -26.0, -25.0, -25.0, -25.0, -25.0],
+    "recovering": [0.9, 0.8, 0.8, 0.8, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.6],
+}
+PLATEAU_START_RATE = 1e-3
+
 
 def compute_figures() -> dict:
     """Run every check with TensorFlow and return the figures (runs in the subprocess only)."""
@@ -188,6 +198,22 @@ def compute_figures() -> dict:
         figures["diverging_fit_error"] = None
     except JobFailedError as error:
         figures["diverging_fit_error"] = str(error)
+
+    # The learning-rate schedule, stepped by hand through the loss sequences below.
+    from fly64.backends.tensorflow.training import PlateauLearningRate
+
+    figures["plateau_learning_rates"] = {}
+    for name, losses in PLATEAU_LOSS_SEQUENCES.items():
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=PLATEAU_START_RATE), loss="mse")
+        schedule = PlateauLearningRate("val_loss")
+        schedule.set_model(model)
+        schedule.on_train_begin()
+        rates = []
+        for epoch, loss in enumerate(losses):
+            schedule.on_epoch_end(epoch, {"val_loss": loss})
+            rates.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+        figures["plateau_learning_rates"][name] = rates
     return figures
 
 
@@ -310,6 +336,34 @@ def test_safe_reload_reproduces(figures):
 
 def test_consumer_safe_mode_load(figures):
     assert figures["consumer_reload_difference"] == 0.0
+
+
+def torch_plateau_rates(losses: list[float]) -> list[float]:
+    """Step the PyTorch backend's `ReduceLROnPlateau` settings through `losses`."""
+    import torch
+
+    from fly64.backends.pytorch.lightning_modules import LEARNING_RATE_FACTOR, PLATEAU_PATIENCE_EPOCHS
+
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=PLATEAU_START_RATE)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=LEARNING_RATE_FACTOR, patience=PLATEAU_PATIENCE_EPOCHS
+    )
+    rates = []
+    for loss in losses:
+        scheduler.step(loss)
+        rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
+@pytest.mark.parametrize("sequence", sorted(PLATEAU_LOSS_SEQUENCES))
+def test_plateau_schedule_matches_pytorch(figures, sequence):
+    keras_rates = figures["plateau_learning_rates"][sequence]
+    expected = torch_plateau_rates(PLATEAU_LOSS_SEQUENCES[sequence])
+    np.testing.assert_allclose(keras_rates, expected, rtol=1e-6)
+
+
+def test_plateau_schedule_lowers_rate(figures):
+    assert figures["plateau_learning_rates"]["flat"][-1] < PLATEAU_START_RATE
 
 
 def test_diverging_fit_raises(figures):

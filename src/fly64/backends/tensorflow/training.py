@@ -1,10 +1,10 @@
 """Fit a Keras model pair with `model.fit`: Adam, learning rate halved on plateau, early stopping.
 
 The settings mirror the PyTorch backend's Lightning training. Adam starts at the spec's
-learning rate, which halves after 2 epochs without improvement of the monitored loss.
-Here any decrease counts as an improvement, while PyTorch's `ReduceLROnPlateau` requires
-a relative decrease of 1e-4 by default. Early stopping ends the fit after
-`early_stopping_patience` such epochs and restores the best epoch's weights. Batches are
+learning rate. `PlateauLearningRate` halves it with PyTorch's `ReduceLROnPlateau` rule,
+which differs from Keras's own callback. Early stopping ends the fit after
+`early_stopping_patience` epochs without any decrease of the monitored loss and restores
+the best epoch's weights. Batches are
 shuffled with a seeded generator, and the last partial batch is kept. The monitored loss
 is the validation loss, or the training loss without validation data. Nothing is
 written to disk.
@@ -35,9 +35,11 @@ from fly64.learning.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-# Epochs without improvement of the monitored loss before the learning rate halves,
-# the same as the PyTorch backend.
+# The learning rate halves when the monitored loss has not improved for more than
+# PLATEAU_PATIENCE_EPOCHS epochs, where an improvement is a relative decrease of more than
+# PLATEAU_RELATIVE_THRESHOLD. These are the PyTorch backend's `ReduceLROnPlateau` settings.
 PLATEAU_PATIENCE_EPOCHS = 2
+PLATEAU_RELATIVE_THRESHOLD = 1e-4
 LEARNING_RATE_FACTOR = 0.5
 # PyTorch's Adam default (Keras's is 1e-7), so that both backends take the same steps.
 ADAM_EPSILON = 1e-8
@@ -169,9 +171,7 @@ def fit_models(
     callbacks = [
         history,
         throughput,
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, mode="min", factor=LEARNING_RATE_FACTOR, patience=PLATEAU_PATIENCE_EPOCHS, min_delta=0.0
-        ),
+        PlateauLearningRate(monitor),
         keras.callbacks.EarlyStopping(
             monitor=monitor, mode="min", patience=settings.early_stopping_patience, restore_best_weights=True
         ),
@@ -251,6 +251,58 @@ class EpochHistory(keras.callbacks.Callback):
                 f"loss became non-finite in epoch {epoch + 1} (train {train_loss}, validation {val_loss}); "
                 "lower training.learning_rate"
             )
+
+
+class PlateauLearningRate(keras.callbacks.Callback):
+    """Multiply the learning rate by `factor` when the monitored loss stops improving, as PyTorch does.
+
+    This follows `torch.optim.lr_scheduler.ReduceLROnPlateau` in mode "min" with
+    threshold mode "rel" and no cooldown (torch 2.14). An epoch improves when its loss is
+    below `best * (1 - threshold)`. The rate drops once more than `patience` epochs in a
+    row have not improved, and the count then restarts. Keras's `ReduceLROnPlateau`
+    (Keras 3.15) instead drops it after `patience` such epochs, with an absolute
+    `min_delta`, so with the same settings it halves the rate one epoch earlier.
+    A drop smaller than 1e-8 is skipped, as in PyTorch.
+    """
+
+    def __init__(
+        self,
+        monitor: str,
+        factor: float = LEARNING_RATE_FACTOR,
+        patience: int = PLATEAU_PATIENCE_EPOCHS,
+        threshold: float = PLATEAU_RELATIVE_THRESHOLD,
+    ) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.factor = factor
+        self.patience = patience
+        self.threshold = threshold
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def on_train_begin(self, logs=None) -> None:
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            logger.warning("learning-rate schedule: %s is missing from epoch %d's logs", self.monitor, epoch + 1)
+            return
+        current = float(current)
+        if current < self.best * (1.0 - self.threshold):
+            self.best = current
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            self.bad_epochs = 0
+            optimizer = self.model.optimizer
+            old_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            new_rate = old_rate * self.factor
+            if old_rate - new_rate > 1e-8:
+                optimizer.learning_rate = new_rate
+                logger.info("epoch %d: learning rate lowered to %.3g", epoch + 1, new_rate)
 
 
 class Throughput(keras.callbacks.Callback):
