@@ -13,6 +13,7 @@ from fly64.physics.overlap import (
     image_overlap,
     nearest_neighbour_distances_px,
     probe_diameter_px,
+    spacing_for_overlap_px,
     subsample_for_spacing,
 )
 
@@ -211,3 +212,24 @@ def test_subsample_keeps_at_least_one():
 def test_subsample_bad_spacing_raises():
     with pytest.raises(InputError, match="spacing_px"):
         subsample_for_spacing(raster_positions(3, 1.0), -5.0, seed=0)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 0.391, 0.7, 0.95])
+def test_spacing_for_overlap_inverts_disc_overlap(fraction):
+    spacing_px = spacing_for_overlap_px(fraction, 26.0)
+    assert disc_overlap_fraction(spacing_px, 26.0) == pytest.approx(fraction, abs=1e-9)
+
+
+def test_spacing_for_overlap_zero_is_diameter():
+    assert spacing_for_overlap_px(0.0, 26.0) == 26.0
+
+
+def test_spacing_for_overlap_radius_case():
+    # Two discs one radius apart overlap by about 0.391.
+    assert spacing_for_overlap_px(0.391, 20.0) == pytest.approx(10.0, abs=0.01)
+
+
+@pytest.mark.parametrize("fraction, diameter_px", [(1.0, 10.0), (-0.1, 10.0), (0.5, 0.0), (0.5, math.nan)])
+def test_spacing_for_overlap_rejects_invalid(fraction, diameter_px):
+    with pytest.raises(InputError):
+        spacing_for_overlap_px(fraction, diameter_px)

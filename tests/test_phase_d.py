@@ -9,6 +9,7 @@ import pytest
 
 from fly64.contract import Dataset, load_dataset, save_dataset
 from fly64.errors import InputError
+from fly64.physics.overlap import spacing_for_overlap_px
 from studies.fly64_dose_overlap.config import parse_config
 from studies.fly64_dose_overlap.overlap import generate_phase_d, view_metrics
 
@@ -34,6 +35,7 @@ METRIC_KEYS = {
     "group_overlap",
     "group_to_group_overlap",
     "mean_nearest_neighbor_spacing_px",
+    "spacing_rule",
 }
 
 
@@ -207,6 +209,38 @@ def test_phase_d_deterministic(tmp_path):
         first = (tmp_path / "first" / f"{relative}{suffix}").read_bytes()
         second = (tmp_path / "second" / f"{relative}{suffix}").read_bytes()
         assert first == second, suffix
+
+
+def test_phase_d_probe_overlap_rule(tmp_path):
+    phase_c_root = tmp_path / "phase_c"
+    write_phase_c(phase_c_root)
+    config = parse_config(
+        {
+            "study": {"dose_list": list(DOSES), "patch_size_pixels": PATCH_SIZE, "overlap_views": VIEWS},
+            "overlap": {"spacing_rule": "probe_overlap"},
+        },
+        source="test",
+    )
+    generate_phase_d(config, phase_c_root, tmp_path / "probe_rule")
+    generate_phase_d(make_config(), phase_c_root, tmp_path / "patch_rule")
+
+    for view, target in VIEWS.items():
+        metrics = read_metrics(tmp_path / "probe_rule", DOSES[0], view, "test")
+        assert metrics["spacing_rule"] == "probe_overlap"
+        expected_px = spacing_for_overlap_px(target, metrics["probe_diameter_px"])
+        assert metrics["spacing_threshold_px"] == pytest.approx(expected_px)
+
+    # The disc probe (about 9.5 px across) is far narrower than N = 16, so the patch-size
+    # rule's dense view overlaps far less than its target and the probe rule's comes closer.
+    probe_rule = read_metrics(tmp_path / "probe_rule", DOSES[0], "dense", "test")
+    patch_rule = read_metrics(tmp_path / "patch_rule", DOSES[0], "dense", "test")
+    assert patch_rule["spacing_rule"] == "patch_size"
+    assert abs(probe_rule["image_overlap"] - VIEWS["dense"]) < abs(patch_rule["image_overlap"] - VIEWS["dense"])
+
+
+def test_config_rejects_unknown_spacing_rule():
+    with pytest.raises(InputError, match="overlap.spacing_rule"):
+        parse_config({"overlap": {"spacing_rule": "window"}}, source="bad.toml")
 
 
 def test_phase_d_missing_phase_c_raises(tmp_path):

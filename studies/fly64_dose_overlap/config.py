@@ -1,10 +1,11 @@
 """Study configuration files (TOML): schema, defaults and validation.
 
-A config has up to five tables, each optional, each rejecting unknown keys:
+A config has up to six tables, each optional, each rejecting unknown keys:
 
 - `[study]`: the design constants (`StudyDesign`), with `[study.overlap_views]`,
   `[study.rng_seeds]` and `[study.metrics_config]`;
 - `[simulation]`: object size, scan pattern and step, chunking;
+- `[overlap]`: the rule that turns a view's target overlap into a spacing (Phase D);
 - `[training]`: backend, model preset, epochs, batch size, learning rate and stopping;
 - `[reconstruction]`: inference batch size and the classical reference's settings;
 - `[report]`: figure settings.
@@ -56,6 +57,20 @@ class SimulationTable(_Table):
     workers: int = Field(0, ge=0, description="threads for simulation; 0 uses every available core")
 
 
+class OverlapTable(_Table):
+    """Phase D settings: how a view's target overlap fraction f becomes a spacing between positions.
+
+    - `patch_size`: `(1 - f) * N`, the design's spacing thresholds. Their footprints only
+      overlap by about f when the probe fills the N x N window.
+    - `probe_overlap`: the distance at which two discs of the measured probe diameter
+      overlap by f (`fly64.physics.overlap.spacing_for_overlap_px`).
+    """
+
+    spacing_rule: Literal["patch_size", "probe_overlap"] = Field(
+        "patch_size", description="`patch_size`: (1 - f) * N; `probe_overlap`: the disc distance of overlap f"
+    )
+
+
 class TrainingTable(_Table):
     """Phase E training settings of every job."""
 
@@ -91,6 +106,7 @@ class StudyConfig(_Table):
 
     study: StudyTable = StudyTable()
     simulation: SimulationTable = SimulationTable()
+    overlap: OverlapTable = OverlapTable()
     training: TrainingTable = TrainingTable()
     reconstruction: ReconstructionTable = ReconstructionTable()
     report: ReportTable = ReportTable()

@@ -1,8 +1,10 @@
 """Phase D: overlap views, subsets of the Phase C scans spaced for a target overlap.
 
 For each dose, split and view, the Phase C positions are subsampled to the view's
-spacing threshold `(1 - f) * N` (see `fly64.physics.overlap.subsample_for_spacing`) with
-the `subsampling` seed. Phase C scans the same positions at every dose, so every dose
+spacing (see `fly64.physics.overlap.subsample_for_spacing`) with the `subsampling` seed.
+The `[overlap] spacing_rule` of the config sets that spacing from the target overlap f:
+`patch_size` takes the design's threshold `(1 - f) * N`, and `probe_overlap` takes the
+distance at which two footprint discs of the measured probe diameter overlap by f. Phase C scans the same positions at every dose, so every dose
 keeps the same indices. Each view is written as
 
 ```
@@ -16,9 +18,11 @@ group-to-group (between group centres). A view that keeps fewer than K positions
 be grouped: its files are not written (stale ones are removed) and it is listed under
 `skipped_views` in the returned summary.
 
-NOTE: the spacing threshold scales with the patch size N, not with the probe diameter
-that the overlap metrics use, so a view's measured overlap can differ from its target.
-Both are recorded in the metrics.
+NOTE: under the `patch_size` rule the spacing scales with N, not with the probe diameter
+that the overlap metrics use. With a probe narrower than the window, as the real fly64
+probe (about 30 px across at N = 128) and the embedded one (about 0.4 N) are, the
+measured overlap then falls far below the target: the dense view's 38.4 px at N = 128
+leaves the real probe's footprints apart. Both figures are recorded in the metrics.
 """
 
 import logging
@@ -75,7 +79,11 @@ def generate_phase_d(config: StudyConfig, phase_c_root: Path, phase_d_root: Path
                 dose_label(dose_photons), split, dataset.n_patterns, phase_c_path,
             )
             for view in design.overlap_views:
-                entry = _write_view(design, dataset, phase_c_path, phase_d_root, dose_photons, view, split)
+                spacing_px = view_spacing_px(config, view, dataset.probe)
+                entry = _write_view(
+                    design, dataset, phase_c_path, phase_d_root, dose_photons, view, split,
+                    spacing_px, config.overlap.spacing_rule,
+                )
                 if "reason" in entry:
                     skipped.append(entry)
                 else:
@@ -89,6 +97,14 @@ def generate_phase_d(config: StudyConfig, phase_c_root: Path, phase_d_root: Path
         "written_count": len(written),
         "skipped_count": len(skipped),
     }
+
+
+def view_spacing_px(config: StudyConfig, view: str, probe: np.ndarray) -> float:
+    """Return the spacing in pixels that `view` subsamples to, by the config's `[overlap] spacing_rule`."""
+    design = config.design()
+    if config.overlap.spacing_rule == "probe_overlap":
+        return geometry.spacing_for_overlap_px(design.overlap_views[view], geometry.probe_diameter_px(probe))
+    return design.spacing_thresholds[view]
 
 
 def view_metrics(
@@ -148,12 +164,13 @@ def _write_view(
     dose_photons: float,
     view: str,
     split: str,
+    spacing_px: float,
+    spacing_rule: str,
 ) -> dict[str, Any]:
     """Subsample, measure and write one view; return its summary entry, or its skip record with a `reason`."""
     data_path = layout.phase_d_file(phase_d_root, dose_photons, view, split)
     metrics_path = layout.phase_d_metrics_file(phase_d_root, dose_photons, view, split)
     target_overlap = design.overlap_views[view]
-    spacing_px = design.spacing_thresholds[view]
     subsampling_seed = design.rng_seeds["subsampling"]
     neighbor_count = design.neighbor_count
 
@@ -176,6 +193,7 @@ def _write_view(
         "split": split,
         "target_overlap_fraction": target_overlap,
         "spacing_threshold_px": spacing_px,
+        "spacing_rule": spacing_rule,
         "subsampling_fraction": fraction,
         "subsampling_seed": subsampling_seed,
     }
@@ -197,6 +215,7 @@ def _write_view(
         "subsampling_fraction": fraction,
         "subsampling_seed": subsampling_seed,
         "spacing_threshold_px": spacing_px,
+        "spacing_rule": spacing_rule,
         "target_overlap_fraction": target_overlap,
         "neighbor_count": neighbor_count,
         "group_size": design.max_group_size,

@@ -62,6 +62,12 @@ from studies.fly64_dose_overlap.reconstruction import (
 
 logger = logging.getLogger(__name__)
 
+# How Phase D turned each view's target overlap f into a spacing (`[overlap] spacing_rule`).
+SPACING_RULE_TEXT = {
+    "patch_size": "(1 - f) x N, the design's rule, which ignores the probe's size",
+    "probe_overlap": "the distance at which two footprint discs of the probe diameter overlap by f",
+}
+
 REPORT_NAME = "report.md"
 FIGURES_DIR = "figures"
 FIGURE_AMPLITUDE_GRID = "reconstructions_amplitude.png"
@@ -577,7 +583,12 @@ def _data_section(inputs: dict[str, Any]) -> str:
                 f"| {_number(row.get('group_overlap'), 3)} | {_number(row.get('group_to_group_overlap'), 3)} |"
             )
         first = inputs["overlap"][0]
-        lines += ["", f"Probe diameter {_number(first.get('probe_diameter_px'), 1)} px ({first.get('probe_diameter_method')})."]
+        rule = SPACING_RULE_TEXT.get(first.get("spacing_rule", "patch_size"), str(first.get("spacing_rule")))
+        lines += [
+            "",
+            f"Probe diameter {_number(first.get('probe_diameter_px'), 1)} px ({first.get('probe_diameter_method')}). "
+            f"Spacing threshold: {rule}.",
+        ]
     else:
         lines.append("Not available: no Phase D metrics found.")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import logging
 import math
 
 import numpy as np
+import scipy.optimize
 from scipy.spatial import cKDTree
 
 from fly64.errors import InputError
@@ -52,6 +53,30 @@ def disc_overlap_fraction(distance_px: np.ndarray | float, diameter_px: float) -
     if fraction.ndim == 0:
         return float(fraction)
     return fraction
+
+
+def spacing_for_overlap_px(fraction: float, diameter_px: float) -> float:
+    """Return the centre distance at which two discs of `diameter_px` overlap by `fraction`.
+
+    Inverts `disc_overlap_fraction`, which falls monotonically from 1 at distance 0 to 0
+    at one diameter. Solved with `scipy.optimize.brentq` to 1e-9 px.
+
+    Args:
+        fraction: overlap fraction in [0, 1); 0 gives one diameter.
+        diameter_px: disc diameter in pixels, > 0.
+
+    Raises:
+        InputError: `fraction` is outside [0, 1) or `diameter_px` is not positive and finite.
+    """
+    if not (math.isfinite(diameter_px) and diameter_px > 0):
+        raise InputError(f"diameter_px = {diameter_px} is invalid; expected a positive disc diameter in pixels")
+    if not (0.0 <= fraction < 1.0):
+        raise InputError(f"overlap fraction {fraction} is invalid; expected a value in [0, 1)")
+    if fraction == 0.0:
+        return float(diameter_px)
+    return float(
+        scipy.optimize.brentq(lambda distance: disc_overlap_fraction(distance, diameter_px) - fraction, 0.0, diameter_px, xtol=1e-9)
+    )
 
 
 def probe_diameter_px(probe: np.ndarray, power_fraction: float = DEFAULT_PROBE_POWER_FRACTION) -> float:
