@@ -29,6 +29,7 @@ from studies.fly64_dose_overlap.reconstruction import (
     reconstruct_all,
     reconstruction_path,
     run_inference_jobs,
+    run_ptychi_jobs,
 )
 from studies.fly64_dose_overlap.training import train_all
 
@@ -261,6 +262,31 @@ def test_inference_failure_recorded_others_finish(study_root, tmp_path):
     ]
     results = run_inference_jobs(jobs, tiny_config(), tmp_path, "pytorch")
     assert [results[job]["status"] for job in jobs] == ["failed", "completed"]
+
+
+def test_ptychi_runs_once_per_measurement(study_root, tmp_path):
+    training = read_training_manifest(study_root)
+    dense = [job for job in training["jobs"] if job["view"] == "dense"]
+    first_path = Path(dense[0]["test_data_path"])
+    same_path = tmp_path / "same_measurement.npz"
+    shutil.copyfile(first_path, same_path)
+    other_path = Path(dense[1]["test_data_path"])
+    jobs = [
+        ReconstructionJob(dense[0]["dose"], "dense", "test", MODEL_PTYCHI, first_path, tmp_path / "a" / "PtyChi.npz"),
+        ReconstructionJob(dense[0]["dose"], "baseline", "test", MODEL_PTYCHI, same_path, tmp_path / "b" / "PtyChi.npz"),
+        ReconstructionJob(dense[1]["dose"], "dense", "test", MODEL_PTYCHI, other_path, tmp_path / "c" / "PtyChi.npz"),
+    ]
+    results = run_ptychi_jobs(jobs, tiny_config())
+
+    assert [results[job]["status"] for job in jobs] == ["completed"] * 3
+    assert results[jobs[1]]["reused_from"] == str(jobs[0].output_path)
+    assert "reused_from" not in results[jobs[2]]
+    assert not jobs[1].output_path.with_suffix(".log").exists()
+    with np.load(jobs[0].output_path) as source, np.load(jobs[1].output_path) as copy:
+        np.testing.assert_array_equal(copy["object"], source["object"])
+        metadata = json.loads(str(copy["_metadata"][()]))
+    assert metadata["parameters"]["view"] == "baseline"
+    assert metadata["inputs"][0]["sha256"] == sha256_file(same_path)
 
 
 def test_inference_worker_rejects_bad_spec(tmp_path):

@@ -13,6 +13,12 @@ models on the same diffraction and positions:
 With `include_baseline_view`, the baseline job's own Phase C test split is also
 reconstructed, as view `baseline`, by `Baseline` and `PtyChi`.
 
+pty-chi runs once per distinct measurement. A view whose diffraction, positions, probe
+and object shape equal those of a view reconstructed earlier in the same run (a dense
+view that keeps every position is the Phase C split itself) gets a copy of that
+reconstruction, with `reused_from` naming the source in its manifest entry and
+provenance.
+
 Learned models run in `python -m fly64.inference.worker`, one process per backend, and
 pty-chi in `python -m fly64.classical.worker`, one process per reconstruction, so this
 process never imports torch or TensorFlow. Outputs:
@@ -29,6 +35,7 @@ and the others still finish.
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import subprocess
@@ -317,9 +324,7 @@ def reconstruct_all(config: StudyConfig, root: Path, include_baseline_view: bool
     for backend in sorted({job.backend for job in learned}):
         backend_jobs = [job for job in learned if job.backend == backend]
         results.update(run_inference_jobs(backend_jobs, config, root, backend))
-    for job in jobs:
-        if job.model == MODEL_PTYCHI:
-            results[job] = run_ptychi_job(job, config)
+    results.update(run_ptychi_jobs([job for job in jobs if job.model == MODEL_PTYCHI], config))
 
     entries = [{**job.describe(), **results[job]} for job in jobs]
     manifest_path = write_reconstruction_manifest(root, config, entries, missing)
@@ -432,6 +437,67 @@ def run_ptychi_job(job: ReconstructionJob, config: StudyConfig) -> dict[str, Any
     result["log_path"] = str(log_path)
     logger.info("Phase F: %s: %d patterns in %.1f s", job.label, result["n_patterns"], result["ptychi_seconds"])
     return result
+
+
+def run_ptychi_jobs(jobs: list[ReconstructionJob], config: StudyConfig) -> dict[ReconstructionJob, dict[str, Any]]:
+    """Run pty-chi once per distinct measurement in `jobs`, copying the result to later jobs of the same one."""
+    results: dict[ReconstructionJob, dict[str, Any]] = {}
+    source_by_measurement: dict[str, ReconstructionJob] = {}
+    for job in jobs:
+        measurement = measurement_digest(job.data_path)
+        source = source_by_measurement.get(measurement)
+        if source is not None and results[source]["status"] == STATUS_COMPLETED:
+            results[job] = reuse_ptychi_reconstruction(source, results[source], job)
+            continue
+        results[job] = run_ptychi_job(job, config)
+        if measurement:
+            source_by_measurement[measurement] = job
+    return results
+
+
+def measurement_digest(data_path: Path) -> str:
+    """Return the SHA-256 of what pty-chi reconstructs from: diffraction, positions, probe and object shape.
+
+    Returns "" when the file cannot be read, so the caller runs pty-chi and reports the error.
+    """
+    try:
+        dataset = load_dataset(data_path)
+    except (InputError, OSError):
+        return ""
+    digest = hashlib.sha256()
+    for array in (dataset.diffraction, dataset.positions_xy, dataset.probe):
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(str(dataset.object.shape).encode())
+    return digest.hexdigest()
+
+
+def reuse_ptychi_reconstruction(
+    source: ReconstructionJob, source_result: dict[str, Any], job: ReconstructionJob
+) -> dict[str, Any]:
+    """Write `source`'s pty-chi reconstruction as `job`'s, for the same measurement under another view.
+
+    The arrays are copied unchanged; the provenance names `job`'s view and data file and
+    records `reused_from`. Returns `job`'s result: `source_result` with `reused_from` and
+    `job`'s `data_sha256`.
+    """
+    try:
+        with np.load(source.output_path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        metadata = json.loads(str(arrays[KEY_METADATA][()]))
+        parameters = {**metadata.get("parameters", {}), "view": job.view, "split": job.split, "reused_from": str(source.output_path)}
+        metadata = provenance(PROVENANCE_STEP, parameters, inputs=[job.data_path])
+        arrays[KEY_METADATA] = np.array(json.dumps(metadata, sort_keys=True))
+        save_npz(job.output_path, arrays)
+    except (OSError, ValueError, KeyError) as error:
+        logger.error("Phase F: %s: cannot copy %s (%s)", job.label, source.output_path, error)
+        return {"status": STATUS_FAILED, "error": f"cannot copy {source.output_path}: {error}"}
+    logger.info("Phase F: %s has the same measurement as %s; reconstruction copied", job.label, source.label)
+    return {
+        **source_result,
+        "reused_from": str(source.output_path),
+        "data_sha256": metadata["inputs"][0]["sha256"],
+    }
 
 
 def _dataset_with_scale_factor(dataset: Dataset, data_path: Path, scratch: Path) -> Path:
