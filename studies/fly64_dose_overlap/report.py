@@ -633,10 +633,14 @@ def _reconstruction_section(inputs: dict[str, Any]) -> str:
     ]
     for job in manifest.get("jobs", []):
         per_pattern = job.get("seconds_per_pattern")
+        ptychi_seconds = _number(job.get("ptychi_seconds"), 1)
+        if job.get("reused_from"):
+            # The reconstruction was copied from another view with the same measurement.
+            ptychi_seconds += f" (run of the {Path(job['reused_from']).parent.parent.name} view)"
         lines.append(
             f"| {dose_label(float(job['dose']))} | {job['view']} | {job['model']} | {job['status']} | {job.get('n_patterns', '')} "
             f"| {_number(None if per_pattern is None else 1000 * per_pattern, 2)} | {_number(job.get('patterns_per_second'), 1)} "
-            f"| {_number(job.get('ptychi_seconds'), 1)} |"
+            f"| {ptychi_seconds} |"
         )
     settings = manifest.get("reconstruction", {})
     timing_note = (
