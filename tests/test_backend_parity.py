@@ -3,11 +3,11 @@
 Two kinds of checks, each in subprocesses so that the test process imports no framework:
 
 - Layers and networks: one subprocess imports PyTorch first (the order that works in one
-  process) and then TensorFlow, runs both backends' physics on equal inputs, copies the
-  PyTorch network's weights into the Keras models and compares their outputs.
+  process) and then TensorFlow, runs both backends' physics on equal inputs, builds
+  both backends' networks from one seed and compares their outputs.
 - Training: the two worker subprocesses, one per backend, train on the same small
-  dataset with the same seed and settings. Their result JSON must agree on the final
-  loss and the test-split phase correlation.
+  dataset with the same seed and settings. Their result JSON must agree on the first
+  epoch's loss, the final loss and the test-split phase correlation.
 """
 
 import json
@@ -24,8 +24,10 @@ from fly64.learning.synthetic import make_synthetic_dataset
 N = 32
 # Relative agreement of the two backends' forward models and networks on equal inputs.
 LAYER_TOLERANCE = 1e-5
-# Trainings in two frameworks start from different random weights and sum in different
-# orders, so they end at somewhat different losses and correlations within these bounds.
+# With one seed both backends start from the same weights and take the same batches, so
+# their first epochs agree closely (measured: 3e-5 relative). Rounding differences grow
+# over the epochs; the final loss must agree to 10 % and the phase correlation to 0.05.
+FIRST_EPOCH_LOSS_TOLERANCE = 1e-3
 LOSS_RELATIVE_TOLERANCE = 0.10
 PHASE_CORRELATION_TOLERANCE = 0.05
 
@@ -35,37 +37,19 @@ def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
     return float(np.max(np.abs(value - reference)) / np.max(np.abs(reference)))
 
 
-def copy_torch_weights(torch_network, keras_models) -> None:
-    """Copy the convolution weights of a PyTorch `ObjectNetwork` into the Keras layers of the same place."""
-    import torch
-
-    def convolutions(sequence):
-        return [module for module in sequence if isinstance(module, torch.nn.Conv2d)]
-
-    keras_layers = {layer.name: layer for model in keras_models for layer in model.layers}
-    pairs = []
-    for index, module in enumerate(convolutions(torch_network.encoder)):
-        pairs.append((module, f"encoder_{index // 2 + 1}_conv_{index % 2 + 1}"))
-    for prefix, decoder in (("amplitude_decoder", torch_network.amplitude_decoder), ("phase_decoder", torch_network.phase_decoder)):
-        modules = convolutions(decoder)
-        for index, module in enumerate(modules[:-1]):
-            pairs.append((module, f"{prefix}_{index // 2 + 1}_conv_{index % 2 + 1}"))
-        pairs.append((modules[-1], f"{prefix}_output"))
-    for module, name in pairs:
-        kernel = module.weight.detach().numpy().transpose(2, 3, 1, 0)
-        keras_layers[name].set_weights([kernel, module.bias.detach().numpy()])
-
-
 def compute_layer_figures() -> dict:
     """Compare the backends on equal inputs and weights (runs in the subprocess only)."""
-    import tensorflow as tf
+    # PyTorch and Lightning go first: imported after TensorFlow, Lightning crashes the process.
     import torch
 
     from fly64.backends.pytorch import physics as torch_physics
-    from fly64.backends.pytorch.models import BaselineAutoencoder, PinnAutoencoder
+    from fly64.backends.pytorch.training import build_model
+
+    import tensorflow as tf
+
     from fly64.backends.tensorflow import layers as keras_physics
     from fly64.backends.tensorflow.bundle import predict_patches
-    from fly64.backends.tensorflow.models import build_models
+    from fly64.backends.tensorflow.models import build_models, set_initial_weights
     from fly64.learning.spec import ModelSpec
     from fly64.learning.synthetic import disc_probe
     from fly64.physics.forward import far_field
@@ -103,14 +87,13 @@ def compute_layer_figures() -> dict:
         np.asarray(float(torch_physics.poisson_nll(torch.from_numpy(predicted_counts), torch.from_numpy(counts)))),
     )
 
-    # Whole networks with the PyTorch weights copied into the Keras layers.
+    # Whole networks, each backend's built from the same seed.
     amplitude = rng.uniform(0, 2, (3, 4, N, N)).astype(np.float32)
     offsets = rng.uniform(-3, 3, (3, 4, 2)).astype(np.float32)
     spec = ModelSpec(N, 2, "pinn", "compact", canvas_pad_px=5)
-    torch.manual_seed(0)
-    torch_pinn = PinnAutoencoder(spec, torch.from_numpy(probe), 1234.0).eval()
+    torch_pinn = build_model(spec, probe, seed=5, intensity_scale=1234.0).eval()
     pair = build_models(spec, probe, 1234.0)
-    copy_torch_weights(torch_pinn.diffraction_to_obj.network, [pair.autoencoder])
+    set_initial_weights(pair, spec, seed=5)
     with torch.no_grad():
         torch_counts, torch_real, torch_imag = torch_pinn(torch.from_numpy(amplitude), torch.from_numpy(offsets))
     keras_patches = predict_patches(pair.diffraction_to_obj, amplitude, offsets)
@@ -121,9 +104,9 @@ def compute_layer_figures() -> dict:
     figures["pinn_counts_vs_torch"] = relative_error(np.moveaxis(keras_counts, -1, 1), torch_counts.numpy())
 
     baseline_spec = ModelSpec(N, 1, "baseline", "compact")
-    torch_baseline = BaselineAutoencoder(baseline_spec).eval()
+    torch_baseline = build_model(baseline_spec, probe, seed=6).eval()
     baseline_pair = build_models(baseline_spec)
-    copy_torch_weights(torch_baseline.diffraction_to_obj.network, [baseline_pair.autoencoder])
+    set_initial_weights(baseline_pair, baseline_spec, seed=6)
     with torch.no_grad():
         torch_amplitude, torch_phase = torch_baseline(torch.from_numpy(amplitude[:, :1]))
     keras_amplitude, keras_phase = baseline_pair.autoencoder(np.moveaxis(amplitude[:, :1], 1, -1), training=False)
@@ -203,6 +186,12 @@ def job_results(request, job_data, tmp_path_factory) -> dict:
         assert completed.returncode == 0, f"{backend} worker failed:\n{completed.stderr[-4000:]}"
         results[backend] = json.loads(result_path.read_text())
     return results
+
+
+def test_job_first_epoch_losses_agree(job_results):
+    tensorflow_loss = job_results["tensorflow"]["loss_history"][0]["train_loss"]
+    pytorch_loss = job_results["pytorch"]["loss_history"][0]["train_loss"]
+    assert abs(tensorflow_loss - pytorch_loss) <= FIRST_EPOCH_LOSS_TOLERANCE * abs(pytorch_loss)
 
 
 def test_job_final_losses_agree(job_results):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fly64.learning.seeding import epoch_order
 from fly64.learning.spec import ModelSpec
 
 N = 32
@@ -29,6 +30,11 @@ PLATEAU_LOSS_SEQUENCES = {
     "recovering": [0.9, 0.8, 0.8, 0.8, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.6],
 }
 PLATEAU_START_RATE = 1e-3
+# Training groups, batch size, seed and epochs of the batch-order check.
+ORDER_GROUPS = 21
+ORDER_BATCH_SIZE = 8
+ORDER_SEED = 4
+ORDER_EPOCHS = 3
 
 
 def compute_figures() -> dict:
@@ -50,6 +56,7 @@ def compute_figures() -> dict:
     from fly64.backends.tensorflow.training import calibrate_intensity_scale, fit_models, model_inputs
     from fly64.errors import JobFailedError
     from fly64.learning.data import TrainingArrays
+    from fly64.learning.seeding import batches_per_epoch
     from fly64.learning.synthetic import disc_probe
     from fly64.physics.forward import far_field
 
@@ -198,6 +205,36 @@ def compute_figures() -> dict:
         figures["diverging_fit_error"] = None
     except JobFailedError as error:
         figures["diverging_fit_error"] = str(error)
+
+    # The batches `model.fit` takes from `training_dataset`, epoch after epoch.
+    from fly64.backends.tensorflow.training import training_dataset
+
+    class BatchRecorder(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.batches = []
+
+        def train_step(self, data):
+            inputs, _ = data
+            self.batches.append(np.asarray(inputs["amplitude"])[:, 0, 0, 0].astype(int).tolist())
+            return {"loss": 0.0}
+
+    order_amplitude = np.broadcast_to(
+        np.arange(ORDER_GROUPS, dtype=np.float32)[:, None, None, None], (ORDER_GROUPS, 1, 16, 16)
+    ).copy()
+    order_arrays = TrainingArrays(
+        amplitude=order_amplitude, counts=order_amplitude, offsets_px=np.zeros((ORDER_GROUPS, 1, 2), np.float32),
+        patches=None, indices=np.arange(ORDER_GROUPS)[:, None], norm_factor=1.0,
+    )
+    recorder = BatchRecorder()
+    recorder.compile(run_eagerly=True)
+    recorder.fit(
+        training_dataset(small_spec, order_arrays, ORDER_BATCH_SIZE, ORDER_SEED, ORDER_EPOCHS),
+        epochs=ORDER_EPOCHS,
+        steps_per_epoch=batches_per_epoch(ORDER_GROUPS, ORDER_BATCH_SIZE),
+        verbose=0,
+    )
+    figures["fit_batches"] = recorder.batches
 
     # The learning-rate schedule, stepped by hand through the loss sequences below.
     from fly64.backends.tensorflow.training import PlateauLearningRate
@@ -364,6 +401,14 @@ def test_plateau_schedule_matches_pytorch(figures, sequence):
 
 def test_plateau_schedule_lowers_rate(figures):
     assert figures["plateau_learning_rates"]["flat"][-1] < PLATEAU_START_RATE
+
+
+def test_fit_batches_follow_epoch_order(figures):
+    expected = []
+    for epoch in range(ORDER_EPOCHS):
+        order = epoch_order(ORDER_SEED, epoch, ORDER_GROUPS).tolist()
+        expected += [order[start:start + ORDER_BATCH_SIZE] for start in range(0, ORDER_GROUPS, ORDER_BATCH_SIZE)]
+    assert figures["fit_batches"] == expected
 
 
 def test_diverging_fit_raises(figures):

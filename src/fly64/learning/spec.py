@@ -25,9 +25,8 @@ Two decoders with equal layout, one for the amplitude and one for the phase; eac
 
 Outputs: amplitude = sigmoid(amplitude decoder), phase = pi * tanh(phase decoder), and the
 patch is amplitude * exp(i * phase). Convolutions start from PyTorch's default
-initialisation; the TensorFlow backend draws from the same distributions, because Keras's
-defaults trained to measurably different phase quality. The draws themselves differ
-between frameworks, so trained weights differ while shapes and statistics match.
+initialisation, drawn with NumPy from the job's seed (`fly64.learning.seeding`), so that
+both backends start a job from the same weights.
 
 PINN physics after the network, identical in every backend:
 

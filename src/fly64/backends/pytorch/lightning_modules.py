@@ -1,7 +1,8 @@
 """Lightning modules, data module and callbacks of PyTorch training.
 
 Each model kind has its own `LightningModule` (model, loss, Adam with a learning rate
-halved on plateau). `GroupDataModule` serves training arrays in batches of groups. The
+halved on plateau). `GroupDataModule` serves training arrays in batches of groups, in the
+backend-neutral order of `fly64.learning.seeding.epoch_order`. The
 callbacks record per-epoch losses, keep the best weights in memory and measure training
 throughput; none of them writes files.
 """
@@ -14,12 +15,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from fly64.backends.pytorch.models import BaselineAutoencoder, PinnAutoencoder
 from fly64.backends.pytorch.physics import poisson_nll
 from fly64.errors import JobFailedError
 from fly64.learning.data import TrainingArrays
+from fly64.learning.seeding import epoch_order
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +115,31 @@ def training_tensors(model: torch.nn.Module, arrays: TrainingArrays) -> list[tor
     raise TypeError(f"no training data layout for {type(model).__name__}")
 
 
+class EpochOrderSampler(Sampler[int]):
+    """Yield training group indices in `epoch_order(seed, epoch, n_groups)`.
+
+    Lightning calls `set_epoch` with the 0-based epoch before each training epoch, as it
+    does for distributed samplers, so every epoch has its own order and the TensorFlow
+    backend sees the same one.
+    """
+
+    def __init__(self, n_groups: int, seed: int) -> None:
+        self.n_groups = n_groups
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_groups
+
+    def __iter__(self):
+        return iter(epoch_order(self.seed, self.epoch, self.n_groups).tolist())
+
+
 class GroupDataModule(L.LightningDataModule):
-    """Serve training and validation groups; training batches are shuffled with a seeded generator."""
+    """Serve training and validation groups; training batches follow `EpochOrderSampler`."""
 
     def __init__(self, train: list[torch.Tensor], validation: list[torch.Tensor], batch_size: int, seed: int) -> None:
         super().__init__()
@@ -124,8 +149,8 @@ class GroupDataModule(L.LightningDataModule):
         self.seed = seed
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=generator)
+        sampler = EpochOrderSampler(len(self.train), self.seed)
+        return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.validation, batch_size=self.batch_size, shuffle=False)

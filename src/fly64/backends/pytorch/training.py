@@ -22,11 +22,12 @@ from fly64.backends.pytorch.lightning_modules import (
     Throughput,
     training_tensors,
 )
-from fly64.backends.pytorch.models import BaselineAutoencoder, PinnAutoencoder
+from fly64.backends.pytorch.models import BaselineAutoencoder, ObjectNetwork, PinnAutoencoder
 from fly64.backends.pytorch.physics import far_field_intensity
 from fly64.backends.pytorch.runtime import Runtime
 from fly64.errors import JobFailedError
 from fly64.learning.data import TrainingArrays
+from fly64.learning.seeding import initial_convolutions
 from fly64.learning.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,10 @@ class TrainingOutcome:
 
 
 def build_model(spec: ModelSpec, probe: np.ndarray, seed: int, intensity_scale: float = 1.0) -> torch.nn.Module:
-    """Seed every generator and create the autoencoder for `spec.kind` with fresh weights.
+    """Seed every generator and create the autoencoder for `spec.kind` with the seed's starting weights.
+
+    The convolutions start from `fly64.learning.seeding.initial_convolutions`, the
+    weights the TensorFlow backend starts from with the same seed.
 
     Args:
         probe: complex (N, N) probe, used by the PINN only.
@@ -68,8 +72,28 @@ def build_model(spec: ModelSpec, probe: np.ndarray, seed: int, intensity_scale: 
     """
     L.seed_everything(seed, workers=True, verbose=False)
     if spec.kind == "pinn":
-        return PinnAutoencoder(spec, torch.from_numpy(np.asarray(probe, dtype=np.complex64)), intensity_scale)
-    return BaselineAutoencoder(spec)
+        model = PinnAutoencoder(spec, torch.from_numpy(np.asarray(probe, dtype=np.complex64)), intensity_scale)
+    else:
+        model = BaselineAutoencoder(spec)
+    set_initial_weights(model.diffraction_to_obj.network, spec, seed)
+    return model
+
+
+@torch.no_grad()
+def set_initial_weights(network: ObjectNetwork, spec: ModelSpec, seed: int) -> None:
+    """Copy the seed's backend-neutral starting kernels and biases into the network's convolutions."""
+    convolutions = [module for module in network.modules() if isinstance(module, torch.nn.Conv2d)]
+    initial = initial_convolutions(spec, seed)
+    if len(convolutions) != len(initial):
+        raise RuntimeError(f"the network has {len(convolutions)} convolutions, the spec {len(initial)}")
+    for convolution, weights in zip(convolutions, initial):
+        if tuple(convolution.weight.shape) != weights.kernel.shape:
+            raise RuntimeError(
+                f"convolution {weights.name} has kernel shape {tuple(convolution.weight.shape)}, "
+                f"the spec {weights.kernel.shape}"
+            )
+        convolution.weight.copy_(torch.from_numpy(weights.kernel))
+        convolution.bias.copy_(torch.from_numpy(weights.bias))
 
 
 @torch.no_grad()

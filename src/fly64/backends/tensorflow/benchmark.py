@@ -35,7 +35,7 @@ def measure(kind: str, gridsize: int, preset: str, threads: int, args: argparse.
     import keras
     import tensorflow as tf
 
-    from fly64.backends.tensorflow.models import build_models
+    from fly64.backends.tensorflow.models import build_models, set_initial_weights
     from fly64.backends.tensorflow.training import calibrate_intensity_scale, fit_models
 
     side = max(4, int(round(args.groups**0.5)))
@@ -51,6 +51,7 @@ def measure(kind: str, gridsize: int, preset: str, threads: int, args: argparse.
     )
     keras.utils.set_random_seed(0)
     pair = build_models(spec, dataset.probe)
+    set_initial_weights(pair, spec, seed=0)
     if kind == "pinn":
         calibrate_intensity_scale(pair, spec, train)
     outcome = fit_models(pair, spec, train, validation, settings, seed=0, skip_first_steps=args.skip_steps)

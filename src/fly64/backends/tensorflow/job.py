@@ -74,7 +74,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     runtime = configure_runtime(settings.device, settings.threads, job.seed)
 
     from fly64.backends.tensorflow.bundle import write_tensorflow_bundle
-    from fly64.backends.tensorflow.models import build_models
+    from fly64.backends.tensorflow.models import build_models, set_initial_weights
     from fly64.backends.tensorflow.training import calibrate_intensity_scale, fit_models
 
     norm_factor = normalisation_factor(train_dataset.diffraction)
@@ -90,6 +90,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     )
 
     pair = build_models(model_spec, train_dataset.probe)
+    set_initial_weights(pair, model_spec, job.seed)
     if job.model_kind == "pinn":
         calibrate_intensity_scale(pair, model_spec, train_arrays)
     outcome = fit_models(pair, model_spec, train_arrays, validation_arrays, settings, job.seed)

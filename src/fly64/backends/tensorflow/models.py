@@ -15,9 +15,10 @@ their layers:
   `object_phase`, float32 (B, N, N, C) each, trained with mean absolute error against the
   ground-truth patches.
 
-Convolutions start from PyTorch's default initialisation (see `_conv`), so that both
-backends train alike. Every layer has a fixed name, so two builds of one spec give
-identical model configs.
+Convolutions draw from PyTorch's default initialisation (see `_conv`). Training jobs then
+replace the draws with `set_initial_weights`, the seed's backend-neutral weights, so that
+both backends start from the same network. Every layer has a fixed name, so two builds
+of one spec give identical model configs.
 """
 
 import dataclasses
@@ -34,6 +35,7 @@ from fly64.backends.tensorflow.layers import (
     OverlapConstraint,
     PhaseActivation,
 )
+from fly64.learning.seeding import initial_convolutions
 from fly64.learning.spec import ModelSpec
 
 AMPLITUDE_INPUT = "amplitude"
@@ -153,6 +155,18 @@ def build_models(spec: ModelSpec, probe: np.ndarray | None = None, initial_inten
         [amplitude, positions], GroupToPatches(name="group_to_patches")(patches), name="diffraction_to_obj"
     )
     return ModelPair(autoencoder, diffraction_to_obj, intensity_scale)
+
+
+def set_initial_weights(pair: ModelPair, spec: ModelSpec, seed: int) -> None:
+    """Set every convolution to the seed's backend-neutral starting kernel and bias.
+
+    These are `fly64.learning.seeding.initial_convolutions`, the weights the
+    PyTorch backend starts from with the same seed. Kernels are transposed from
+    (out, in, 3, 3) to Keras's (3, 3, in, out).
+    """
+    for weights in initial_convolutions(spec, seed):
+        layer = pair.autoencoder.get_layer(weights.name)
+        layer.set_weights([weights.kernel.transpose(2, 3, 1, 0), weights.bias])
 
 
 def network_parameter_count(model: keras.Model) -> int:

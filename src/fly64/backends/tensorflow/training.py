@@ -4,10 +4,10 @@ The settings mirror the PyTorch backend's Lightning training. Adam starts at the
 learning rate. `PlateauLearningRate` halves it with PyTorch's `ReduceLROnPlateau` rule,
 which differs from Keras's own callback. Early stopping ends the fit after
 `early_stopping_patience` epochs without any decrease of the monitored loss and restores
-the best epoch's weights. Batches are
-shuffled with a seeded generator, and the last partial batch is kept. The monitored loss
-is the validation loss, or the training loss without validation data. Nothing is
-written to disk.
+the best epoch's weights. Each epoch takes the training groups in
+`fly64.learning.seeding.epoch_order`, the PyTorch backend's order, and keeps the last
+partial batch. The monitored loss is the validation loss, or the training loss without
+validation data. Nothing is written to disk.
 """
 
 import dataclasses
@@ -31,6 +31,7 @@ from fly64.backends.tensorflow.models import (
 )
 from fly64.errors import JobFailedError
 from fly64.learning.data import TrainingArrays
+from fly64.learning.seeding import batches_per_epoch, epoch_order
 from fly64.learning.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -98,11 +99,27 @@ def model_targets(spec: ModelSpec, arrays: TrainingArrays) -> Any:
     }
 
 
-def _dataset(spec: ModelSpec, arrays: TrainingArrays, batch_size: int, shuffle_seed: int | None) -> tf.data.Dataset:
-    dataset = tf.data.Dataset.from_tensor_slices((model_inputs(spec, arrays), model_targets(spec, arrays)))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(arrays.n_groups, seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size)
+def training_dataset(spec: ModelSpec, arrays: TrainingArrays, batch_size: int, seed: int, epochs: int) -> tf.data.Dataset:
+    """Return the batches of all `epochs` epochs in sequence, each epoch in its `epoch_order`.
+
+    `model.fit` needs `steps_per_epoch=batches_per_epoch(n_groups, batch_size)` with it:
+    Keras then keeps one iterator over the epochs instead of restarting the dataset.
+    """
+    orders = np.stack([epoch_order(seed, epoch, arrays.n_groups) for epoch in range(epochs)])
+    # Tensors made here are captured by reference; NumPy arrays would be copied into the graph.
+    inputs, targets = tf.nest.map_structure(tf.convert_to_tensor, (model_inputs(spec, arrays), model_targets(spec, arrays)))
+
+    def gather(indices: tf.Tensor) -> tuple[Any, Any]:
+        return tf.nest.map_structure(lambda array: tf.gather(array, indices), (inputs, targets))
+
+    batches = tf.data.Dataset.from_tensor_slices(orders).flat_map(
+        lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+    )
+    return batches.map(gather)
+
+
+def validation_dataset(spec: ModelSpec, arrays: TrainingArrays, batch_size: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((model_inputs(spec, arrays), model_targets(spec, arrays))).batch(batch_size)
 
 
 def calibrate_intensity_scale(pair: ModelPair, spec: ModelSpec, arrays: TrainingArrays) -> float:
@@ -176,8 +193,8 @@ def fit_models(
             monitor=monitor, mode="min", patience=settings.early_stopping_patience, restore_best_weights=True
         ),
     ]
-    train_data = _dataset(spec, train, settings.batch_size, shuffle_seed=seed)
-    validation_data = _dataset(spec, validation, settings.batch_size, shuffle_seed=None) if has_validation else None
+    train_data = training_dataset(spec, train, settings.batch_size, seed, settings.epochs)
+    validation_data = validation_dataset(spec, validation, settings.batch_size) if has_validation else None
 
     logger.info(
         "Training %s autoencoder: %d training and %d validation groups, batch %d, up to %d epochs",
@@ -185,7 +202,13 @@ def fit_models(
     )
     started = time.perf_counter()
     pair.autoencoder.fit(
-        train_data, validation_data=validation_data, epochs=settings.epochs, callbacks=callbacks, shuffle=False, verbose=0
+        train_data,
+        validation_data=validation_data,
+        epochs=settings.epochs,
+        steps_per_epoch=batches_per_epoch(train.n_groups, settings.batch_size),
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=0,
     )
     train_seconds = time.perf_counter() - started
 
