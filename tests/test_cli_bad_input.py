@@ -89,6 +89,14 @@ def test_generate_rejects_missing_probe(tmp_path):
     assert files_under(tmp_path / "root") == []
 
 
+@pytest.mark.parametrize("command", ["generate", "run"])
+def test_bad_probe_creates_no_root(tmp_path, command):
+    result = run_fly64(command, "--root", tmp_path / "root", "--config", write_config(tmp_path),
+                       "--probe", tmp_path / "absent.npz")
+    assert_rejected(result, "absent.npz")
+    assert not (tmp_path / "root").exists()
+
+
 def test_generate_rejects_unreadable_probe(tmp_path):
     (tmp_path / "probe.npz").write_text("not an npz file")
     result = run_fly64("generate", "--root", tmp_path / "root", "--config", write_config(tmp_path),

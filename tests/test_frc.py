@@ -88,9 +88,17 @@ def test_frc_resolution_one_seventh():
 
 def test_frc_resolution_first_crossing_wins():
     frequency = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
-    frc = np.array([1.0, 0.3, 0.9, 0.2, 0.9])
+    frc = np.array([1.0, 0.9, 0.3, 0.9, 0.2])
 
-    assert frc_resolution(frequency, frc, THRESHOLD_HALF) == pytest.approx(0.1 * 0.5 / 0.7)
+    assert frc_resolution(frequency, frc, THRESHOLD_HALF) == pytest.approx(0.1 + 0.1 * 0.4 / 0.6)
+
+
+def test_frc_resolution_below_at_first_ring_is_zero():
+    """No interpolation towards the zero-frequency ring, which would give a resolution coarser than the image."""
+    frequency = np.array([0.0, 0.1, 0.2, 0.3])
+    frc = np.array([1.0, 0.3, 0.2, 0.1])
+
+    assert frc_resolution(frequency, frc, THRESHOLD_HALF) == 0.0
 
 
 def test_frc_resolution_never_crossed_is_nyquist():

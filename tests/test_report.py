@@ -9,7 +9,8 @@ from test_phase_g import compared_study
 
 from fly64.errors import InputError
 from studies.fly64_dose_overlap import layout
-from studies.fly64_dose_overlap.report import dose_trend, write_report
+from studies.fly64_dose_overlap.design import get_study_design
+from studies.fly64_dose_overlap.report import _design_section, dose_trend, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = (
@@ -87,6 +88,18 @@ def test_report_lists_missing_sparse_view(report_text):
 def test_report_gives_trend_verdicts(report_text):
     trend_rows = [line for line in report_text.splitlines() if line.startswith("| PtychoPINN | dense | SSIM | phase |")]
     assert len(trend_rows) == 1
+
+
+def test_design_section_states_spacing_phase_d_used():
+    """With `spacing_rule = "probe_overlap"` Phase D's spacing differs from the design's (1 - f) x N."""
+    overlap_rows = [{"view": "dense", "spacing_threshold_px": 6.3}, {"view": "sparse", "spacing_threshold_px": 18.1}]
+    section = _design_section({"design": get_study_design(), "overlap": overlap_rows})
+    assert "dense (target overlap 0.7, spacing threshold 6.3 px)" in section
+
+
+def test_design_section_without_phase_d_states_design_spacing():
+    section = _design_section({"design": get_study_design(), "overlap": []})
+    assert "dense (target overlap 0.7, spacing threshold 38.4 px)" in section
 
 
 def test_report_requires_comparison(tmp_path):

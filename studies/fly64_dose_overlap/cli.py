@@ -125,6 +125,7 @@ def generate_command(root, phase_c_root, config_path, probe_path, verbose, quiet
     config = load_config(config_path)
     phase_c = phase_c_root or (layout.phase_c_root(root) if root else None)
     phase_c = _require(phase_c, "--phase-c-root", "ROOT/data/phase_c")
+    _check_probe(probe_path, config)
     with study_lock(root or phase_c):
         _run_generate(config, phase_c, probe_path)
     click.echo(f"Phase C data: {phase_c}")
@@ -253,6 +254,7 @@ def run_command(root, config_path, probe_path, backend, until, executor, jobs, a
     config = load_config(config_path)
     settings = _executor_settings(layout.phase_e_root(root), executor, jobs, address, cpus_per_job, gpus_per_job,
                                   slurm_partition, slurm_time_min, slurm_cluster)
+    _check_probe(probe_path, config)
     started = time.perf_counter()
     last = RUN_STAGES.index(until)
     training: dict = {}
@@ -277,6 +279,14 @@ def run_command(root, config_path, probe_path, backend, until, executor, jobs, a
     logger.info("sweep finished in %.1f s", time.perf_counter() - started)
     click.echo(f"Study root: {root}")
     _exit_on_failures(training, reconstruction, comparison)
+
+
+def _check_probe(probe_path: Path | None, config: StudyConfig) -> None:
+    """Reject an unusable probe file before the study root and its lock file are created."""
+    if probe_path is not None:
+        from fly64.physics.probe import load_probe
+
+        load_probe(probe_path, config.design().patch_size_pixels)
 
 
 def _run_generate(config: StudyConfig, phase_c: Path, probe_path: Path | None) -> dict:

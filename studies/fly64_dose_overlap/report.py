@@ -535,8 +535,14 @@ def _header(inputs: dict[str, Any]) -> str:
 
 def _design_section(inputs: dict[str, Any]) -> str:
     design = inputs["design"]
+    # The spacing Phase D used, which follows `[overlap] spacing_rule`; the design's
+    # (1 - f) x N spacing only for views without Phase D metrics.
+    spacing_px = dict(design.spacing_thresholds)
+    for row in inputs["overlap"]:
+        if row.get("spacing_threshold_px") is not None:
+            spacing_px[row["view"]] = float(row["spacing_threshold_px"])
     views = ", ".join(
-        f"{view} (target overlap {fraction:g}, spacing {design.spacing_thresholds[view]:.1f} px)"
+        f"{view} (target overlap {fraction:g}, spacing threshold {spacing_px[view]:.1f} px)"
         for view, fraction in design.overlap_views.items()
     )
     return (

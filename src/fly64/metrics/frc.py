@@ -76,7 +76,10 @@ def frc_resolution(frequency: np.ndarray, frc: np.ndarray, threshold: float) -> 
 
     The search starts at the second ring, because the zero-frequency ring contains only
     what the window leaves of the subtracted means. The crossing is interpolated linearly
-    between the last ring at or above the threshold and the first ring below it. When
+    between the last ring at or above the threshold and the first ring below it. When the
+    second ring is already below the threshold, the result is 0: no ring contains detail
+    the images share, and interpolating towards the zero-frequency ring would give a
+    resolution coarser than the image itself. When
     the FRC never falls below the threshold, the result is the highest frequency given
     (the Nyquist frequency, 0.5, for the output of `fourier_ring_correlation`): the
     images agree up to the finest detail the pixels can hold. The resolution in pixels
@@ -102,9 +105,9 @@ def frc_resolution(frequency: np.ndarray, frc: np.ndarray, threshold: float) -> 
     if below.size == 0:
         return float(frequency[-1])
     first_below = int(below[0]) + 1
+    if first_below == 1:
+        return float(frequency[0])
     last_above = first_below - 1
-    if frc[last_above] < threshold:
-        return float(frequency[last_above])
 
     fraction = (frc[last_above] - threshold) / (frc[last_above] - frc[first_below])
     return float(frequency[last_above] + fraction * (frequency[first_below] - frequency[last_above]))
