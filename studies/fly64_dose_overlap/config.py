@@ -82,7 +82,9 @@ class TrainingTable(_Table):
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     early_stopping_patience: int = Field(5, ge=1, description="epochs without validation improvement before stopping")
     max_train_groups: int = Field(0, ge=0, description="cap on training groups per job; 0 keeps all")
-    threads: int = Field(0, ge=0, description="CPU threads per job; 0 lets the backend choose")
+    threads: int = Field(
+        0, ge=0, description="CPU threads per training job, Phase F inference and pty-chi run; 0 lets the backend choose"
+    )
     device: Literal["auto", "cpu", "gpu"] = "auto"
 
 

@@ -428,6 +428,8 @@ def run_ptychi_job(job: ReconstructionJob, config: StudyConfig) -> dict[str, Any
                 max_patterns=settings.ptychi_max_patterns,
                 seed=config.design().training_seed,
                 noise_model=PTYCHI_NOISE_MODEL,
+                # `[training] threads`, as for the learned models' inference.
+                threads=config.training.threads,
             )
             worker_result = run_worker(spec, scratch_path / "spec.json", scratch_path / "result.json", log_path=log_path)
             result = _write_ptychi_reconstruction(job, dataset.patch_size, Path(spec.output), worker_result)
