@@ -2,9 +2,11 @@
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 
 from fly64.backends.pytorch.lightning_modules import GroupDataModule
+from fly64.backends.pytorch.models import ObjectNetwork
 from fly64.backends.pytorch.training import build_model
 from fly64.learning.seeding import epoch_order, initial_convolutions
 from fly64.learning.spec import ModelSpec
@@ -47,6 +49,18 @@ def test_lightning_batches_follow_epoch_order():
         order = epoch_order(SEED, epoch, N_GROUPS).tolist()
         expected += [order[start:start + BATCH_SIZE] for start in range(0, N_GROUPS, BATCH_SIZE)]
     assert recorder.batches == expected
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [ModelSpec(32, 1, "baseline", "compact"), ModelSpec(32, 2, "pinn", "compact", canvas_pad_px=4), ModelSpec(64, 1, "pinn", "reference")],
+    ids=lambda spec: f"{spec.kind}-gs{spec.gridsize}-{spec.preset}",
+)
+def test_layout_matches_pytorch_convolutions(spec):
+    network = ObjectNetwork(spec)
+    convolutions = [module for module in network.modules() if isinstance(module, torch.nn.Conv2d)]
+    channels = [(module.in_channels, module.out_channels) for module in convolutions]
+    assert channels == [(in_channels, out_channels) for _, in_channels, out_channels in spec.convolution_layout()]
 
 
 def test_build_model_starts_from_shared_weights():

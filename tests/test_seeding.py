@@ -3,9 +3,8 @@
 import math
 
 import numpy as np
-import pytest
 
-from fly64.learning.seeding import batches_per_epoch, convolution_layout, epoch_order, initial_convolutions
+from fly64.learning.seeding import batches_per_epoch, epoch_order, initial_convolutions
 from fly64.learning.spec import ModelSpec
 
 SPECS = [
@@ -15,14 +14,8 @@ SPECS = [
 ]
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: f"{spec.kind}-gs{spec.gridsize}-{spec.preset}")
-def test_layout_covers_every_parameter(spec):
-    parameters = sum(out_channels * (in_channels * 9 + 1) for _, in_channels, out_channels in convolution_layout(spec))
-    assert parameters == spec.parameter_count()
-
-
 def test_layout_names_unique():
-    names = [name for name, _, _ in convolution_layout(SPECS[1])]
+    names = [name for name, _, _ in SPECS[1].convolution_layout()]
     assert len(set(names)) == len(names)
 
 

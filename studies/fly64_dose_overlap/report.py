@@ -62,7 +62,7 @@ from studies.fly64_dose_overlap.reconstruction import (
 
 logger = logging.getLogger(__name__)
 
-# How Phase D turned each view's target overlap f into a spacing (`[overlap] spacing_rule`).
+# Phase D's rule from a view's target overlap f to its spacing, per `[overlap] spacing_rule`.
 SPACING_RULE_TEXT = {
     "patch_size": "(1 - f) x N, the design's rule, which ignores the probe's size",
     "probe_overlap": "the distance at which two footprint discs of the probe diameter overlap by f",

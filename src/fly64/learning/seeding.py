@@ -1,18 +1,16 @@
 """Seeded starting weights and batch order, drawn with NumPy so that every backend uses the same ones.
 
-With one seed, the PyTorch and TensorFlow backends start from the same network and see
-the training groups in the same order. The only remaining differences between their
-trainings are floating-point rounding and the frameworks' kernels. Before this module,
-each framework drew both from its own generators. In 30-epoch trainings of the compact
-baseline on one demo-size scan, the phase correlations of the two backends then
-differed by 0.03 to 0.10 between seeds.
+With one seed, the PyTorch and TensorFlow backends start from the same network and take
+the training groups in the same order, so their trainings differ only by floating-point
+rounding in the frameworks' kernels. With weights and order drawn by each framework, the
+two backends' phase correlations differed by 0.03 to 0.10 after 30 epochs of the compact
+baseline on one demo-size scan.
 
-- `initial_convolutions(spec, seed)`: every 3x3 convolution of the network in layer order
-  (the encoder, the amplitude decoder, the phase decoder; see `fly64.learning.spec`),
-  with kernel and bias drawn from PyTorch's default distribution,
-  U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = 9 * input channels.
+- `initial_convolutions(spec, seed)`: every 3x3 convolution in the order of
+  `ModelSpec.convolution_layout`, with kernel and bias drawn from PyTorch's default
+  distribution, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = 9 * input channels.
 - `epoch_order(seed, epoch, n_groups)`: the permutation of the training groups in one
-  epoch; batches are consecutive slices of it, `batches_per_epoch` of them, the last
+  epoch. Batches are consecutive slices of it, `batches_per_epoch` of them, the last
   one partial.
 """
 
@@ -21,9 +19,8 @@ import math
 
 import numpy as np
 
-from fly64.learning.spec import ModelSpec
+from fly64.learning.spec import KERNEL_SIZE, ModelSpec
 
-KERNEL_SIZE = 3
 # Separate the streams of the two draws, so that a seed's weights do not depend on how
 # many groups there are, nor its batch order on the network's size.
 _WEIGHTS_STREAM = 0
@@ -47,30 +44,11 @@ class InitialConvolution:
     bias: np.ndarray
 
 
-def convolution_layout(spec: ModelSpec) -> list[tuple[str, int, int]]:
-    """Return (name, in_channels, out_channels) of every convolution, in layer order."""
-    layout = []
-    in_channels = spec.channels
-    for block, filters in enumerate(spec.encoder_filters, start=1):
-        layout.append((f"encoder_{block}_conv_1", in_channels, filters))
-        layout.append((f"encoder_{block}_conv_2", filters, filters))
-        in_channels = filters
-
-    for prefix in ("amplitude_decoder", "phase_decoder"):
-        in_channels = spec.encoder_filters[-1]
-        for block, filters in enumerate(spec.decoder_filters, start=1):
-            layout.append((f"{prefix}_{block}_conv_1", in_channels, filters))
-            layout.append((f"{prefix}_{block}_conv_2", filters, filters))
-            in_channels = filters
-        layout.append((f"{prefix}_output", in_channels, spec.channels))
-    return layout
-
-
 def initial_convolutions(spec: ModelSpec, seed: int) -> list[InitialConvolution]:
     """Draw the starting kernel and bias of every convolution of `spec` from `seed`."""
     generator = np.random.default_rng([seed, _WEIGHTS_STREAM])
     convolutions = []
-    for name, in_channels, out_channels in convolution_layout(spec):
+    for name, in_channels, out_channels in spec.convolution_layout():
         bound = 1.0 / math.sqrt(KERNEL_SIZE * KERNEL_SIZE * in_channels)
         kernel = generator.uniform(-bound, bound, size=(out_channels, in_channels, KERNEL_SIZE, KERNEL_SIZE))
         bias = generator.uniform(-bound, bound, size=out_channels)

@@ -88,6 +88,8 @@ OVERLAP_WEIGHT_FLOOR = 1e-3
 # Poisson loss: added to predicted counts inside the logarithm.
 POISSON_EPSILON = 1e-6
 
+# Side of every convolution kernel, in pixels.
+KERNEL_SIZE = 3
 # Three 2x2 poolings halve the side three times, so N must divide by 8.
 PATCH_SIZE_MULTIPLE = 8
 MIN_PATCH_SIZE = 16
@@ -149,21 +151,34 @@ class ModelSpec:
         """Side of the overlap constraint's shared canvas, N + 2 * canvas_pad_px."""
         return self.patch_size + 2 * self.canvas_pad_px
 
+    def convolution_layout(self) -> list[tuple[str, int, int]]:
+        """Return (name, in_channels, out_channels) of every 3x3 convolution, in layer order.
+
+        The order is the encoder, the amplitude decoder, the phase decoder. The names are
+        the TensorFlow backend's layer names (`encoder_1_conv_1`, ..., `phase_decoder_output`).
+        """
+        layout = []
+        in_channels = self.channels
+        for block, filters in enumerate(self.encoder_filters, start=1):
+            layout.append((f"encoder_{block}_conv_1", in_channels, filters))
+            layout.append((f"encoder_{block}_conv_2", filters, filters))
+            in_channels = filters
+
+        for prefix in ("amplitude_decoder", "phase_decoder"):
+            in_channels = self.encoder_filters[-1]
+            for block, filters in enumerate(self.decoder_filters, start=1):
+                layout.append((f"{prefix}_{block}_conv_1", in_channels, filters))
+                layout.append((f"{prefix}_{block}_conv_2", filters, filters))
+                in_channels = filters
+            layout.append((f"{prefix}_output", in_channels, self.channels))
+        return layout
+
     def parameter_count(self) -> int:
         """Return the number of trainable network weights and biases (the PINN's intensity scale excluded)."""
-        channels = self.channels
-        count = 0
-        previous = channels
-        for filters in self.encoder_filters:
-            count += _conv3x3_parameters(previous, filters) + _conv3x3_parameters(filters, filters)
-            previous = filters
-        decoder = 0
-        decoder_input = self.encoder_filters[-1]
-        for filters in self.decoder_filters:
-            decoder += _conv3x3_parameters(decoder_input, filters) + _conv3x3_parameters(filters, filters)
-            decoder_input = filters
-        decoder += _conv3x3_parameters(decoder_input, channels)
-        return count + 2 * decoder
+        return sum(
+            KERNEL_SIZE * KERNEL_SIZE * in_channels * out_channels + out_channels
+            for _, in_channels, out_channels in self.convolution_layout()
+        )
 
     def to_params(self) -> dict[str, Any]:
         """Return the spec as plain data for a bundle's `params.dill`."""
@@ -207,5 +222,3 @@ class ModelSpec:
         return spec
 
 
-def _conv3x3_parameters(in_channels: int, out_channels: int) -> int:
-    return 9 * in_channels * out_channels + out_channels

@@ -119,8 +119,8 @@ class EpochOrderSampler(Sampler[int]):
     """Yield training group indices in `epoch_order(seed, epoch, n_groups)`.
 
     Lightning calls `set_epoch` with the 0-based epoch before each training epoch, as it
-    does for distributed samplers, so every epoch has its own order and the TensorFlow
-    backend sees the same one.
+    does for distributed samplers. Each epoch therefore has its own order, the one the
+    TensorFlow backend also uses.
     """
 
     def __init__(self, n_groups: int, seed: int) -> None:

@@ -27,7 +27,7 @@ from fly64.backends.pytorch.physics import far_field_intensity
 from fly64.backends.pytorch.runtime import Runtime
 from fly64.errors import JobFailedError
 from fly64.learning.data import TrainingArrays
-from fly64.learning.seeding import initial_convolutions
+from fly64.learning.seeding import batches_per_epoch, initial_convolutions
 from fly64.learning.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,6 @@ def fit_model(
         monitor=monitor, patience=settings.early_stopping_patience, mode="min",
         check_on_train_epoch_end=not has_validation,
     )
-    batches_per_epoch = -(-train.n_groups // settings.batch_size)
     _quiet_lightning_logs()
     trainer = L.Trainer(
         accelerator=runtime.accelerator,
@@ -175,7 +174,7 @@ def fit_model(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=None if has_validation else 0,
-        log_every_n_steps=max(1, min(50, batches_per_epoch)),
+        log_every_n_steps=max(1, min(50, batches_per_epoch(train.n_groups, settings.batch_size))),
     )
 
     logger.info(
