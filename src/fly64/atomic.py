@@ -17,6 +17,8 @@ from typing import IO, Any, Iterator
 import numpy as np
 
 SHA256_CHUNK_BYTES = 64 * 1024
+# Temporary files of `atomic_open` are named `.<destination name>.<random>.tmp`.
+TEMPORARY_PATTERN = ".*.tmp"
 
 # ZIP members get this fixed timestamp so that equal content gives byte-identical files.
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
@@ -27,9 +29,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path` and rename it to `path` when the block succeeds."""
     destination = Path(path)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
-    )
+    descriptor, temporary_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
     try:
         with os.fdopen(descriptor, mode) as handle:
             yield handle
@@ -41,6 +41,20 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary_name)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers left under `folder` and return their paths.
+
+    A write that is killed (SIGKILL, power loss) cannot remove its temporary file. Call
+    this only while no writer can be active under `folder`, for example with the study
+    root's lock held.
+    """
+    stale = sorted(path for path in Path(folder).rglob(TEMPORARY_PATTERN) if path.is_file())
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return stale
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -3,7 +3,8 @@
 The lock is an advisory `fcntl.flock` on `<root>/.fly64.lock`. The kernel releases it
 when the holding process ends, even by SIGKILL, so a killed sweep can be resumed at once.
 The file records the holder's process id, host and command for the message a second
-runner prints.
+runner prints. The new holder deletes the temporary files a killed runner left in the
+root, because no other writer can be active while it holds the lock.
 
 NOTE: `flock` is reliable on local file systems. On NFS it is emulated with POSIX record
 locks (Linux >= 2.6.12), which most servers honour; on other network file systems two
@@ -14,13 +15,17 @@ import contextlib
 import datetime
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
 from pathlib import Path
 from typing import Iterator
 
+from fly64.atomic import remove_stale_temporaries
 from fly64.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".fly64.lock"
 
@@ -53,6 +58,10 @@ def study_lock(root: Path) -> Iterator[Path]:
         }
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, json.dumps(record).encode("utf-8"), 0)
+
+        stale = remove_stale_temporaries(root)
+        if stale:
+            logger.warning("Removed %d temporary file(s) left by an interrupted run under %s", len(stale), root)
         yield lock_path
     finally:
         os.close(descriptor)
