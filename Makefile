@@ -9,24 +9,28 @@ INSTALL_FLAGS = --disable-pip-version-check --constraint constraints.txt
 
 .PHONY: demo test install install-test clean
 
+# Set-up output goes to stderr, so that stdout of `make demo` holds the study's result lines only.
 $(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
+	@echo "Creating $(VENV)" >&2
+	@$(PYTHON) -m venv $(VENV) >&2
 
 # The stamp files re-run the install when the dependency files change.
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt
-	$(PIP) install $(INSTALL_FLAGS) -e '.[classical,tensorflow]'
-	touch $@
+	@echo "Installing fly64 and its dependencies into $(VENV)" >&2
+	@$(PIP) install $(INSTALL_FLAGS) -e '.[classical,tensorflow]' >&2
+	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml constraints.txt
-	$(PIP) install $(INSTALL_FLAGS) -e '.[test,classical,tensorflow,cluster]'
-	touch $@ $(VENV)/.installed
+	@echo "Installing fly64 with the test extras into $(VENV)" >&2
+	@$(PIP) install $(INSTALL_FLAGS) -e '.[test,classical,tensorflow,cluster]' >&2
+	@touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(VENV)/bin/fly64 run --root $(DEMO_ROOT) --config configs/demo.toml
+	@$(VENV)/bin/fly64 run --root $(DEMO_ROOT) --config configs/demo.toml
 
 test: install-test
 	$(VENV)/bin/python -m pytest
